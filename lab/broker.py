@@ -95,14 +95,14 @@ class RedisReachable(Middleware):
             raise dramatiq.errors.ConnectionError(how_to_get_redis(self.url)) from exc
 
 
-def make_broker(url: str) -> RedisBroker:
+def make_broker(url: str, *, namespace: str = "dramatiq") -> RedisBroker:
     """A new RedisBroker on ``url``, with everything the experiments use.
 
     Results and group callbacks keep their data in the same Redis as the
     queues, through the same client, so ``memory://`` stays one server.
     """
     client = make_client(url)
-    broker = RedisBroker(client=client)
+    broker = RedisBroker(client=client, namespace=namespace)
     broker.add_middleware(CurrentMessage())
     broker.add_middleware(Results(backend=RedisResultBackend(client=client)))
     broker.add_middleware(GroupCallbacks(RedisRateLimiterBackend(client=client)))

@@ -49,6 +49,16 @@ class Enqueue:
     at: float  # seconds since the recorder started
 
 
+def wait_until(condition: Callable[[], Any], *, timeout: float, interval: float = 0.02) -> bool:
+    """Poll ``condition`` until it is true or ``timeout`` seconds pass; say which."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(interval)
+    return True
+
+
 class Recorder(Middleware):
     """Middleware that records every attempt and every enqueue it sees in this process.
 
@@ -174,14 +184,9 @@ class Run:
         with self.recorder.lock:
             return [e for e in self.recorder.enqueues if actor is None or e.actor == actor]
 
-    def wait_until(self, condition: Callable[[], bool], *, timeout: float, interval: float = 0.02) -> bool:
+    def wait_until(self, condition: Callable[[], Any], *, timeout: float) -> bool:
         """Poll ``condition`` until it is true or ``timeout`` seconds pass; say which."""
-        deadline = time.monotonic() + timeout
-        while not condition():
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(interval)
-        return True
+        return wait_until(condition, timeout=timeout)
 
     def settle(self, *queue_names: str, timeout: float = 30) -> bool:
         """Wait until the queues hold nothing ready, delayed or in flight (bounded)."""
