@@ -1,6 +1,6 @@
 """Experiment 04: pipelines, groups and results
 
-Goal: compose actors: pipe each result into the next step, fan out a group with a completion callback, fetch results.
+Goal: compose actors: pipe results along a pipeline, fan out a group with a completion callback, fetch results.
 
 Run it, in two terminals (a Redis first: `redis-server` or `python -m lab serve`):
 
@@ -124,10 +124,11 @@ def scenario(run: lab.Run) -> None:
     waited = wait_inside.send(2, 1500)  # the Redis backend waits whole seconds, rounded down: 1 s
     run.settle(QUEUE, timeout=10)
     stuck = run.attempts("wait_inside")[0]
+    stuck_ms = ((stuck.ended or stuck.started) - stuck.started) * 1000
     after = [a for a in run.attempts("square") if a.started >= (stuck.ended or float("inf"))]
     run.lesson("Waiting on a group inside an actor deadlocks when no other thread can run its members",
                error_of(waited.get_result) == "ResultFailure(ResultTimeout)" and len(after) == 2,
-               f"wait_inside waited {((stuck.ended or stuck.started) - stuck.started) * 1000:.0f} ms, then raised "
+               f"wait_inside waited {stuck_ms:.0f} ms, then raised "
                f"{error_of(waited.get_result)}; its {len(after)} members ran after it gave up")
 
 
@@ -200,7 +201,8 @@ def send_group(n: int, fail: int | None, timeout: int, no_wait: bool) -> None:
         return
     deadline, results, failed = time.monotonic() + timeout, [], []
     try:
-        for i, member in enumerate(members, 1):  # one by one, not fan_out.get_results(): it stops at a failure
+        # One by one, not fan_out.get_results(): that stops at the first failed member.
+        for i, member in enumerate(members, 1):
             try:
                 results.append(wait_for(member, deadline))
             except ResultFailure as exc:

@@ -1,0 +1,128 @@
+"""Experiment 01's lessons: actors, send(), the shared broker, and the sender's manners."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import redis
+
+import lab
+from conftest import ROOT, free_port, lab_env
+
+
+def test_an_actor_is_still_a_function(load, recorder):
+    e01 = load("e01")
+    assert e01.count_to(3) is None
+    assert recorder.enqueues == [] and recorder.attempts == []
+
+
+def test_send_enqueues_and_a_worker_thread_runs_it(load, recorder, start_worker):
+    e01 = load("e01")
+    message = e01.count_to.send(2)
+    assert [e.message_id for e in recorder.enqueues] == [message.message_id]
+    start_worker(threads=2)
+    assert lab.wait_until(lambda: [a.outcome for a in recorder.attempts] == ["ok"], timeout=5)
+    assert recorder.attempts[0].thread != "MainThread"
+
+
+def test_scenario_lessons_hold(load, broker):
+    run = lab.run_scenario(load("e01"), broker)
+    assert run.lessons and run.all_held, run.lessons
+
+
+def python(code: str, url: str) -> subprocess.CompletedProcess:
+    """Run a snippet in a fresh interpreter at the repository root."""
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=ROOT, env=lab_env(url),
+                          capture_output=True, text=True, timeout=30)
+
+
+def test_get_broker_without_set_broker_tries_rabbitmq_first():
+    # Make the RabbitMQ broker importable (pika is not installed) and see who get_broker() picks.
+    result = python("""
+        import sys, types, dramatiq
+        from dramatiq.brokers.stub import StubBroker
+        fake = types.ModuleType("dramatiq.brokers.rabbitmq")
+        class RabbitmqBroker(StubBroker):
+            def __init__(self, **params):
+                super().__init__()
+        fake.RabbitmqBroker = RabbitmqBroker
+        sys.modules["dramatiq.brokers.rabbitmq"] = fake
+        print(type(dramatiq.get_broker()).__name__)
+    """, url=lab.MEMORY_URL)
+    assert result.stdout.strip() == "RabbitmqBroker", result.stderr
+
+
+def test_get_broker_falls_back_to_redis_only_because_pika_is_missing():
+    result = python("import dramatiq; print(type(dramatiq.get_broker()).__name__)", url=lab.MEMORY_URL)
+    assert result.stdout.strip() == "RedisBroker", result.stderr
+
+
+def test_experiments_imported_together_share_one_broker():
+    # What `dramatiq e01_hello_world e02_error_handling` does: import both in one process.
+    result = python("""
+        import dramatiq, e01_hello_world as a, e02_error_handling as b
+        assert a.broker is b.broker is dramatiq.get_broker()
+        assert a.count_to.broker is b.unhandled.broker
+        print("shared")
+    """, url=lab.MEMORY_URL)
+    assert result.stdout.strip() == "shared", result.stderr
+
+
+def test_sender_confirms_in_one_line_and_exits_0(real_redis_url, sender):
+    result = sender("e01_hello_world.py", "5", url=real_redis_url)
+    assert result.returncode == 0, result.stderr
+    [line] = result.stdout.splitlines()
+    assert line.startswith("sent count_to(5)") and "queue=e01" in line
+    assert redis.Redis.from_url(real_redis_url).llen("dramatiq:e01") == 1
+
+
+def test_exiting_with_the_sent_message_exits_1(real_redis_url):
+    # The reference notes' sender did sys.exit(count_to.send(...)): a Message is not an int.
+    result = python("import sys, e01_hello_world as e; sys.exit(e.count_to.send(1))", url=real_redis_url)
+    assert result.returncode == 1
+
+
+@pytest.mark.parametrize("n", ["-1", "abc", "2.5", ""])
+def test_sender_rejects_anything_but_a_whole_number(sender, n):
+    result = sender("e01_hello_world.py", n, url=lab.MEMORY_URL)
+    assert result.returncode == 2
+    assert "Usage:" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_unreachable_redis_is_one_line_with_masked_url_and_exit_3(sender):
+    url = f"redis://:hunter2@127.0.0.1:{free_port()}/0"
+    result = sender("e01_hello_world.py", "5", url=url)
+    assert result.returncode == lab.EXIT_UNREACHABLE
+    [line] = result.stderr.splitlines()
+    assert ":***@127.0.0.1" in line and "hunter2" not in line and "redis-server" in line
+
+
+def test_a_url_that_is_not_redis_is_one_line_and_exit_2(sender):
+    result = sender("e01_hello_world.py", "5", url="http://user:hunter2@example.invalid/")
+    assert result.returncode == 2
+    [line] = result.stderr.splitlines()
+    assert "is not a Redis URL" in line and "hunter2" not in line
+
+
+@pytest.mark.e2e
+def test_one_worker_runs_two_experiments(real_redis_url, dramatiq_worker, sender):
+    worker = dramatiq_worker("--threads", "2", "e01_hello_world", "e02_error_handling", url=real_redis_url)
+    assert sender("e01_hello_world.py", "2", url=real_redis_url).returncode == 0
+    assert sender("e02_error_handling.py", "handled", "3", url=real_redis_url).returncode == 0
+    worker.wait_for(r"count_to\] \[INFO\] 1 of 2")
+    worker.wait_for(r"handled\] \[INFO\] ok 3")
+    assert worker.stop() == 0
+
+
+@pytest.mark.e2e
+def test_watch_reloads_the_worker_when_a_watched_file_changes(real_redis_url, dramatiq_worker, tmp_path):
+    watched = tmp_path / "watched.py"
+    watched.write_text("X = 1\n")
+    worker = dramatiq_worker("--watch", str(tmp_path), "e01_hello_world", url=real_redis_url)
+    watched.write_text("X = 2\n")
+    worker.wait_for(r"Detected changes to .*watched\.py")
+    worker.wait_for("Worker process is ready for action", count=2)
+    assert worker.stop() == 0
