@@ -1,0 +1,158 @@
+"""Experiment 02's lessons: retries, backoff, dead letters, throws= and Retry."""
+
+from __future__ import annotations
+
+import inspect
+import statistics
+
+import dramatiq
+import pytest
+from dramatiq.brokers.redis import RedisBroker
+from dramatiq.brokers.stub import StubBroker
+from dramatiq.common import compute_backoff
+from dramatiq.middleware import Retries
+
+import lab
+
+UNLUCKY = 17
+
+
+def retry_delays(recorder: lab.Recorder, message_id: str) -> list[int]:
+    """The backoffs Retries asked for, in order, for one message."""
+    return [e.delay_ms for e in recorder.enqueues if e.message_id == message_id and e.delay_ms is not None]
+
+
+def test_retry_k_waits_min_backoff_times_2_to_the_k_up_to_twice_that(load, recorder, start_worker):
+    e02 = load("e02")
+    message = e02.unhandled.send_with_options(args=(UNLUCKY,), max_retries=3, min_backoff=50, max_backoff=10_000)
+    start_worker()
+    tries = lambda: [a for a in recorder.attempts if a.actor == "unhandled"]  # noqa: E731
+    assert lab.wait_until(lambda: len(tries()) == 4 and tries()[-1].outcome == "failed", timeout=10)
+    delays = retry_delays(recorder, message.message_id)
+    assert len(delays) == 3
+    for k, delay in enumerate(delays):
+        assert 50 * 2**k <= delay < 2 * 50 * 2**k, (k, delays)
+    # and the worker honoured each one: no attempt started before its backoff ran out
+    retries = [e for e in recorder.enqueues if e.delay_ms is not None]
+    for enqueue, attempt in zip(retries, tries()[1:]):
+        assert attempt.started - enqueue.at >= enqueue.delay_ms / 1000 - 0.005
+
+
+def test_backoff_never_exceeds_max_backoff(load, recorder, start_worker):
+    e02 = load("e02")
+    message = e02.unhandled.send_with_options(args=(UNLUCKY,), max_retries=3, min_backoff=100, max_backoff=150)
+    start_worker()
+    assert lab.wait_until(lambda: len(retry_delays(recorder, message.message_id)) == 3, timeout=10)
+    assert all(75 <= d <= 150 for d in retry_delays(recorder, message.message_id))
+
+
+def test_exhausted_message_goes_to_the_dead_letters_and_the_callback_runs(load, broker, recorder, start_worker):
+    e02 = load("e02")
+    message = e02.unhandled.send_with_options(args=(UNLUCKY,), max_retries=2, min_backoff=20)
+    start_worker()
+    assert lab.wait_until(lambda: [a.actor for a in recorder.attempts if a.outcome == "ok"] == ["retries_exhausted"],
+                          timeout=10)
+    assert [a.outcome for a in recorder.attempts if a.actor == "unhandled"] == ["retried", "retried", "failed"]
+    assert [d.message.message_id for d in lab.dead_letters(broker, "e02")] == [message.message_id]
+    [callback] = [a for a in recorder.attempts if a.actor == "retries_exhausted"]
+    assert callback.args[0]["message_id"] == message.message_id and callback.args[1]["retries"] == 2
+
+
+def test_handled_error_runs_exactly_once(load, broker, recorder, start_worker):
+    e02 = load("e02")
+    e02.handled.send(UNLUCKY)
+    start_worker()
+    broker.join("e02", timeout=5000)
+    assert [(a.number, a.outcome) for a in recorder.attempts] == [(1, "ok")]
+    assert lab.dead_letters(broker, "e02") == []
+
+
+def test_throws_fails_at_once_without_retry(load, broker, recorder, start_worker):
+    e02 = load("e02")
+    message = e02.aborted.send(UNLUCKY)
+    start_worker()
+    broker.join("e02", timeout=5000)
+    assert [(a.number, a.outcome) for a in recorder.attempts] == [(1, "failed")]
+    assert retry_delays(recorder, message.message_id) == []
+    assert [d.message.message_id for d in lab.dead_letters(broker, "e02")] == [message.message_id]
+
+
+def test_retry_exception_reschedules_after_its_delay_in_milliseconds(load, broker, recorder, start_worker):
+    e02 = load("e02")
+    message = e02.postponed.send(1, 200)
+    start_worker()
+    broker.join("e02", timeout=5000)
+    first, second = recorder.attempts
+    assert (first.outcome, second.outcome) == ("retried", "ok")
+    assert retry_delays(recorder, message.message_id) == [200]  # Retry(delay=200): exactly, no backoff
+    assert 0.2 <= second.started - first.ended < 5  # milliseconds, not seconds
+
+
+def test_a_retry_is_re_enqueued_so_the_thread_runs_other_work_meanwhile(load, recorder, start_worker):
+    e02 = load("e02")
+    failing = e02.unhandled.send_with_options(args=(UNLUCKY,), max_retries=1, min_backoff=400)
+    start_worker(threads=1)  # one thread: if it slept through the backoff, nothing else could run
+    assert lab.wait_until(lambda: recorder.attempts and recorder.attempts[0].ended, timeout=5)
+    other = e02.handled.send(1)
+    assert lab.wait_until(lambda: len(recorder.attempts) >= 3, timeout=5)
+    order = [(a.message_id, a.number) for a in recorder.attempts[:3]]
+    assert order == [(failing.message_id, 1), (other.message_id, 1), (failing.message_id, 2)]
+    assert len(retry_delays(recorder, failing.message_id)) == 1  # the retry went back through the broker
+
+
+def test_scenario_lessons_hold(load, broker):
+    run = lab.run_scenario(load("e02"), broker)
+    assert run.lessons and run.all_held, run.lessons
+
+
+def test_default_retries_are_20_from_15_seconds_and_last_about_a_month():
+    retries = Retries()
+    assert (retries.max_retries, retries.min_backoff, retries.max_backoff) == (20, 15_000, 7 * 86_400_000)
+    days = [
+        sum(compute_backoff(k, factor=retries.min_backoff, max_backoff=retries.max_backoff)[1]
+            for k in range(retries.max_retries)) / 86_400_000
+        for _ in range(200)
+    ]
+    assert 23 <= min(days) and max(days) <= 47 and 30 <= statistics.median(days) <= 40
+
+
+def test_redis_broker_join_has_no_fail_fast_and_stub_broker_fails_fast_by_default():
+    assert "fail_fast" not in inspect.signature(RedisBroker.join).parameters
+    stub = StubBroker()
+    stub.emit_after("process_boot")
+
+    @dramatiq.actor(broker=stub, max_retries=0)
+    def boom() -> None:
+        raise ValueError("boom")
+
+    worker = dramatiq.Worker(stub, worker_timeout=100)
+    worker.start()
+    try:
+        boom.send()
+        with pytest.raises(ValueError):
+            stub.join(boom.queue_name)  # 2.x: fail_fast defaults to True and re-raises
+        boom.send()
+        stub.join(boom.queue_name, fail_fast=False)  # the way to wait when failure is the point
+    finally:
+        worker.stop()
+
+
+@pytest.mark.e2e
+def test_worker_cli_retries_dead_letters_and_stops_cleanly(real_redis_url, dramatiq_worker, sender):
+    worker = dramatiq_worker("--threads", "2", "e02_error_handling", url=real_redis_url)
+    assert sender("e02_error_handling.py", "handled", "3", url=real_redis_url).returncode == 0
+    sent = sender("e02_error_handling.py", "unhandled", str(UNLUCKY), "--max-retries", "1",
+                  "--min-backoff", "100", url=real_redis_url)
+    assert sent.returncode == 0 and sent.stdout.startswith("sent unhandled(17)")
+    worker.wait_for(r"handled\] \[INFO\] ok 3")
+    output = worker.wait_for(r"gave up on unhandled\(17,\) after 1 retries")
+    assert "attempt 2" in output and "Retrying message" in output
+    letters = sender("e02_error_handling.py", "dead-letters", url=real_redis_url)
+    assert letters.stdout.startswith("1 dead letter(s) in e02.XQ")
+    assert worker.stop() == 0
+
+
+@pytest.mark.parametrize("args", [["unhandled", "abc"], ["nosuch", "3"], ["unhandled", "3", "--min-backoff", "0"]])
+def test_sender_rejects_bad_input_with_usage_error(sender, args):
+    result = sender("e02_error_handling.py", *args, url=lab.MEMORY_URL)
+    assert result.returncode == 2 and "Usage:" in result.stderr and "Traceback" not in result.stderr
