@@ -1,6 +1,6 @@
 """Experiment 04: pipelines, groups and results
 
-Goal: compose actors: pipe results along a pipeline, fan out a group with a completion callback, fetch results.
+Goal: pass results along a pipeline, fan out a group with a completion callback, and fetch results.
 
 Run it, in two terminals (a Redis first: `redis-server` or `python -m lab serve`):
 
@@ -18,7 +18,7 @@ from typing import NoReturn
 
 import click
 import dramatiq
-from dramatiq.results import ResultFailure, ResultMissing, ResultTimeout
+from dramatiq.results import ResultError, ResultFailure, ResultMissing, ResultTimeout
 
 import lab
 
@@ -61,7 +61,7 @@ def group_done(size: int) -> str:
 
 
 @dramatiq.actor(queue_name=QUEUE, store_results=True, max_retries=0)
-def wait_inside(n: int, timeout_ms: int) -> list:
+def wait_inside(n: int, timeout_ms: int) -> list[int]:
     """Don't do this: waiting on a group inside an actor holds a worker thread its members may need."""
     members = dramatiq.group(square.message(i) for i in range(1, n + 1)).run()
     return list(members.get_results(block=True, timeout=timeout_ms))
@@ -73,7 +73,7 @@ def error_of(get: Callable[[], object]) -> str:
         get()
     except ResultFailure as exc:
         return f"ResultFailure({exc.orig_exc_type})"
-    except dramatiq.results.ResultError as exc:
+    except ResultError as exc:
         return type(exc).__name__
     return ""
 
@@ -104,12 +104,13 @@ def scenario(run: lab.Run) -> None:
     run.lesson("A step that fails for good stops the pipeline: the steps after it never run",
                doubled == [(4,)], f"double() ran {len(doubled)} time(s), for the first pipeline only")
     ids = {m.message_id for m in fine.children}
-    members = [a for a in run.attempts("square") if a.message_id in ids]
-    done = run.attempts("group_done")
-    run.lesson("A group's completion callback runs once, after the last member succeeded",
+    last = max(a.started for a in run.attempts("square") if a.message_id in ids)
+    done, sent = run.attempts("group_done"), [e.at for e in run.enqueues("group_done") if e.args == (5,)]
+    run.lesson("A group's completion callback runs once, sent after the last member started and succeeded",
                list(fine.get_results()) == [1, 4, 9, 16, 25] and [a.args for a in done] == [(5,)]
-               and all(m.ended <= done[0].started for m in members),
-               f"results {list(fine.get_results())}; group_done ran with {[a.args for a in done]}")
+               and len(sent) == 1 and sent[0] > last,
+               f"results {list(fine.get_results())}; group_done ran with {[a.args for a in done]}, "
+               f"sent {(sent[0] - last) * 1000 if sent else 0:.1f} ms after the last member started")
     raised = error_of(lambda: list(spoiled.get_results()))
     run.lesson("A member fails for good: get_results raises ResultFailure and the callback never runs",
                raised.startswith("ResultFailure") and (2,) not in [a.args for a in done],

@@ -1,0 +1,234 @@
+"""e04: pipelines, groups and results, each finding on fakeredis and on a real redis-server.
+
+Messages that fail on purpose carry max_retries=0, so they fail for good at once
+(Dramatiq's default would retry for hours); a broken lesson then fails fast too.
+"""
+
+from __future__ import annotations
+
+import time
+from types import ModuleType
+
+import dramatiq
+import pytest
+import redis
+from click.testing import CliRunner
+from dramatiq.results import ResultFailure, ResultMissing, ResultTimeout
+
+import lab
+
+QUEUE = "e04"
+WAIT_MS = 5000  # for a result that should come: generous, only spent when a lesson is false
+FAIL = dict(kwargs={"fail": True}, max_retries=0)
+
+
+@pytest.fixture
+def e04(load, recorder) -> ModuleType:
+    """The experiment, bound to this test's broker, with a recorder on it (no worker yet)."""
+    return load("e04")
+
+
+@pytest.fixture
+def worker(e04, start_worker) -> dramatiq.Worker:
+    return start_worker(threads=2)
+
+
+def settle(broker) -> None:
+    broker.join(QUEUE, interval=20, timeout=WAIT_MS)
+
+
+def args_of(recorder, actor: str) -> list[tuple]:
+    return [a.args for a in recorder.attempts if a.actor == actor]
+
+
+# -- pipelines -------------------------------------------------------------------------------
+
+
+def test_each_step_gets_the_previous_result_as_its_last_argument(e04, worker, recorder):
+    pipe = dramatiq.pipeline([e04.add.message(3, 1), e04.double.message(), e04.square.message()]).run()
+
+    assert pipe.get_result(block=True, timeout=WAIT_MS) == 64
+    assert args_of(recorder, "double") == [(4,)]
+    assert args_of(recorder, "square") == [(8,)]
+
+
+def test_pipe_ignore_keeps_the_previous_result_out_of_the_arguments(e04, worker, recorder):
+    # Without pipe_ignore the second step would be add(10, 20, 3): a TypeError, and max_retries=0 fails it.
+    receiving = e04.add.message_with_options(args=(10, 20), pipe_ignore=True, max_retries=0)
+    pipe = (e04.add.message(1, 2) | receiving).run()
+
+    assert pipe.get_result(block=True, timeout=WAIT_MS) == 30
+    assert args_of(recorder, "add") == [(1, 2), (10, 20)]
+
+
+def test_a_step_that_fails_for_good_stops_the_pipeline(e04, worker, broker, recorder):
+    (e04.add.message(1, 1) | e04.square.message_with_options(**FAIL) | e04.double.message()).run()
+    settle(broker)
+
+    assert [(a.args, a.outcome) for a in recorder.attempts if a.actor == "square"] == [((2,), "failed")]
+    assert args_of(recorder, "double") == []
+
+
+def test_the_pipeline_result_is_the_last_steps_result(e04, worker):
+    pipe = (e04.add.message(3, 1) | e04.double.message() | e04.square.message()).run()
+
+    assert pipe.get_result(block=True, timeout=WAIT_MS) == 64
+    assert list(pipe.get_results()) == [4, 8, 64]  # every step's, when each stores results
+
+
+def test_a_pipeline_cannot_contain_a_group(e04):
+    members = dramatiq.group([e04.square.message(1), e04.square.message(2)])
+
+    with pytest.raises(AttributeError, match="'group' object has no attribute 'copy'"):
+        dramatiq.pipeline([e04.add.message(1, 2), members])
+    with pytest.raises(TypeError):
+        members | e04.double.message()  # noqa: B018
+
+
+# -- groups ----------------------------------------------------------------------------------
+
+
+def test_a_group_runs_every_member_and_get_results_keeps_their_order(e04, worker):
+    fan_out = dramatiq.group(e04.square.message(i) for i in range(1, 7)).run()
+
+    assert list(fan_out.get_results(block=True, timeout=WAIT_MS)) == [1, 4, 9, 16, 25, 36]
+
+
+def test_the_completion_callback_runs_once_after_every_member_succeeded(e04, start_worker, broker, recorder):
+    start_worker(threads=1)  # members one after another: "after the last one" is then a strict order
+    fan_out = dramatiq.group(e04.square.message(i) for i in range(1, 6))
+    callback = e04.group_done.message(5)
+    fan_out.add_completion_callback(callback)
+    fan_out.run()
+
+    assert callback.get_result(block=True, timeout=WAIT_MS) == "all 5 members succeeded"
+    settle(broker)
+    members = [a for a in recorder.attempts if a.actor == "square"]
+    [sent] = [e.at for e in recorder.enqueues if e.actor == "group_done"]
+    assert len(members) == 5 and all(m.outcome == "ok" and m.started < sent for m in members)
+    assert args_of(recorder, "group_done") == [(5,)]
+
+
+def test_the_completion_callback_never_runs_when_a_member_fails_for_good(e04, worker, broker, recorder):
+    fan_out = dramatiq.group([e04.square.message(1), e04.square.message_with_options(args=(2,), **FAIL),
+                              e04.square.message(3)])
+    fan_out.add_completion_callback(e04.group_done.message(3))
+    fan_out.run()
+    settle(broker)
+
+    assert sorted((a.args, a.outcome) for a in recorder.attempts if a.actor == "square") == [
+        ((1,), "ok"), ((2,), "failed"), ((3,), "ok")]
+    assert [e for e in recorder.enqueues if e.actor == "group_done"] == []
+
+
+def test_waiting_on_a_group_inside_an_actor_deadlocks_the_only_thread(e04, start_worker, recorder):
+    start_worker(threads=1)
+    waiting = e04.wait_inside.send(2, 1500)  # the Redis backend waits whole seconds: 1 s
+
+    with pytest.raises(ResultFailure) as failure:
+        waiting.get_result(block=True, timeout=WAIT_MS)
+    assert failure.value.orig_exc_type == "ResultTimeout"
+    [stuck] = [a for a in recorder.attempts if a.actor == "wait_inside"]
+    assert lab.wait_until(lambda: len(args_of(recorder, "square")) == 2, timeout=WAIT_MS / 1000)
+    assert all(a.started >= stuck.ended for a in recorder.attempts if a.actor == "square")
+
+
+# -- results ---------------------------------------------------------------------------------
+
+
+def test_without_store_results_get_result_raises_result_missing(e04, worker, broker, recorder):
+    message = e04.add.send_with_options(args=(2, 2), store_results=False)  # overrides the actor's True
+    settle(broker)
+
+    assert [(a.args, a.outcome) for a in recorder.attempts] == [((2, 2), "ok")]
+    with pytest.raises(ResultMissing):
+        message.get_result()
+
+
+def test_a_failed_messages_result_raises_result_failure(e04, worker):
+    message = e04.square.send_with_options(args=(3,), **FAIL)
+
+    with pytest.raises(ResultFailure, match="actor raised ValueError: square\\(3\\) was told to fail") as failure:
+        message.get_result(block=True, timeout=WAIT_MS)
+    assert failure.value.orig_exc_type == "ValueError"
+
+
+def test_get_result_raises_result_timeout_when_no_result_comes_in_time(e04):
+    message = e04.add.send(1, 2)  # no worker: no result, ever
+    started = time.monotonic()
+
+    with pytest.raises(ResultTimeout):
+        message.get_result(block=True, timeout=1000)
+    assert time.monotonic() - started >= 0.9
+
+
+def test_the_redis_result_backend_does_not_wait_below_one_second(e04):
+    message = e04.add.send(1, 2)
+    started = time.monotonic()
+
+    with pytest.raises(ResultTimeout):
+        message.get_result(block=True, timeout=999)  # whole seconds, rounded down: 0, so no wait
+    assert time.monotonic() - started < 0.5
+
+
+def test_a_stored_result_expires_after_ten_minutes_by_default(e04, worker, broker):
+    message = e04.add.send(1, 2)
+    message.get_result(block=True, timeout=WAIT_MS)
+
+    ttl_ms = broker.client.pttl(broker.get_results_backend().build_message_key(message))
+    assert 590_000 < ttl_ms <= 600_000
+
+
+# -- the sender ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("args", [
+    ["pipeline", "x"], ["pipeline", "-1"], ["group", "0"], ["group", "3", "--fail", "4"],
+    ["group", "3", "--timeout", "0"],
+])
+def test_bad_input_is_a_usage_error_with_exit_code_2(e04, args):
+    result = CliRunner().invoke(e04.main, args)
+
+    assert result.exit_code == 2, result.output
+    assert "Usage:" in result.output
+
+
+def test_no_result_in_time_exits_4_with_one_line(e04, monkeypatch):
+    def too_late(message, **options):
+        raise ResultTimeout(message)  # what get_result raises when --timeout passes (no worker, say)
+
+    monkeypatch.setattr(dramatiq.Message, "get_result", too_late)
+    result = CliRunner().invoke(e04.main, ["pipeline", "3", "--timeout", "2"])
+
+    assert result.exit_code == 4
+    assert result.output.splitlines()[1:] == [
+        "e04: no result within 2 s; is a worker running?  dramatiq e04_pipelines"]
+
+
+def test_redis_failing_while_waiting_exits_3_with_one_line(e04, monkeypatch):
+    def lost(message, **options):
+        raise redis.ConnectionError("Connection closed by server.")  # what get_result raised when we killed Redis
+
+    monkeypatch.setattr(dramatiq.Message, "get_result", lost)
+    result = CliRunner().invoke(e04.main, ["group", "3"])
+
+    assert result.exit_code == 3
+    [sent, error] = result.output.splitlines()
+    assert sent.startswith("sent a group of 3") and "cannot reach Redis at" in error
+
+
+@pytest.mark.e2e
+def test_senders_report_results_and_failures_from_the_dramatiq_cli_worker(dramatiq_worker, sender, real_redis_url):
+    dramatiq_worker("e04_pipelines", url=real_redis_url)
+
+    group = sender("e04_pipelines.py", "group", "5", url=real_redis_url)
+    assert group.returncode == 0, group.stderr
+    assert "results: 1, 4, 9, 16, 25" in group.stdout
+    assert "completion callback: all 5 members succeeded" in group.stdout
+    pipe = sender("e04_pipelines.py", "pipeline", "3", url=real_redis_url)
+    assert pipe.returncode == 0, pipe.stderr
+    assert "step results: 4, 8, 64; pipeline result: 64" in pipe.stdout
+    failed = sender("e04_pipelines.py", "group", "5", "--fail", "2", url=real_redis_url)
+    assert failed.returncode == 1
+    assert "member 2, square(2, fail=True), failed for good" in failed.stderr
+    assert "group_done never fired" in failed.stderr
