@@ -104,7 +104,10 @@ def make_broker(url: str, *, namespace: str = "dramatiq") -> RedisBroker:
     client = make_client(url)
     broker = RedisBroker(client=client, namespace=namespace)
     broker.add_middleware(CurrentMessage())
-    broker.add_middleware(Results(backend=RedisResultBackend(client=client)))
+    # Readable result keys (<namespace>-results:<queue>:<actor>:<message id>) instead of
+    # md5 hashes, so a learner can find them and the lab can clean up after itself.
+    results = RedisResultBackend(client=client, namespace=f"{namespace}-results", use_namespace_prefix_keys=True)
+    broker.add_middleware(Results(backend=results))
     broker.add_middleware(GroupCallbacks(RedisRateLimiterBackend(client=client)))
     broker.add_middleware(RedisReachable(url))
     broker.lab_url = url  # so status lines and errors can say where the broker is
