@@ -162,10 +162,11 @@ def main() -> None:
     """Send e03's delayed messages (a delay is in milliseconds), or measure how late they run."""
 
 
-@main.command(context_settings={"ignore_unknown_options": True})  # so `send -5` says "negative"
+@main.command(short_help="One message due in DELAY_MS ms (up to 7 days).",
+              context_settings={"ignore_unknown_options": True})  # so `send -5` says "negative"
 @click.argument("delay_ms", type=Delay())
 def send(delay_ms: int) -> None:
-    """One message, due DELAY_MS milliseconds from now (0 to 604800000, i.e. 7 days)."""
+    """One message due in DELAY_MS milliseconds (0 to 604800000, i.e. 7 days)."""
     message = send_in(f"sent with delay={delay_ms}", delay_ms)
     lab.confirm(message)
     click.echo(f"due at {clock(message.options['eta'])}; it waits in {QUEUE}.DQ until a worker moves it")
@@ -174,11 +175,11 @@ def send(delay_ms: int) -> None:
 @main.command()
 @click.argument("when", metavar="HH:MM[:SS]", type=ClockTime())
 def at(when: TimeOfDay) -> None:
-    """One message, due at a wall-clock time today (turned into a delay: there is no 'at')."""
+    """One message due at a time of day, today. Dramatiq has no "at": it becomes a delay."""
     try:
         delay_ms = delay_until(when, datetime.now())
     except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="HH:MM[:SS]") from None
+        raise click.BadParameter(str(exc), param_hint="'HH:MM[:SS]'") from None
     message = send_in(f"at {when}", delay_ms)
     lab.confirm(message)
     click.echo(f"delay={delay_ms} ms, due at {clock(message.options['eta'])}")
@@ -188,20 +189,23 @@ def at(when: TimeOfDay) -> None:
 @click.argument("count", type=click.IntRange(1, 10_000))
 @click.option("--spread", type=Delay(), default=2000, show_default=True, help="Due evenly over this many ms.")
 def batch(count: int, spread: int) -> None:
-    """COUNT messages due evenly over the next --spread ms; watch the worker log their lateness."""
+    """COUNT messages due over the next --spread ms. The worker logs how late each one runs."""
     sent = send_batch(count, spread)
     click.echo(f"sent {count} messages to {QUEUE}.DQ, due {clock(sent[0].options['eta'])} "
                f"to {clock(sent[-1].options['eta'])}")
 
 
-@main.command()
+@main.command(short_help="How late delayed messages run, per worker_timeout (in-process worker).")
 @click.option("--count", type=click.IntRange(1, 1000), default=50, show_default=True)
 @click.option("--spread", type=Delay(), default=2000, show_default=True, help="Due evenly over this many ms.")
 @click.option("--threads", type=click.IntRange(1, 64), default=1, show_default=True)
 @click.option("--worker-timeout", "timeouts", type=click.IntRange(min=1), multiple=True,
               default=(1000, 100), show_default=True, help="Repeat to compare; ms.")
 def measure(count: int, spread: int, threads: int, timeouts: tuple[int, ...]) -> None:
-    """Lateness (start minus requested time) of a batch, per worker_timeout, with workers in this process."""
+    """Lateness of a batch for each worker_timeout, with a worker in this process.
+
+    Lateness is start minus requested time. Needs no other worker; stop yours first.
+    """
     broker.client.ping()  # an unreachable Redis: one line and exit 3, from lab.Group
     out = Console(highlight=False)
     table = Table("worker_timeout", "ran", "min", "median", "p95", "max", "early", box=None,
