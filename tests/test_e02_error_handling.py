@@ -7,7 +7,7 @@ import statistics
 
 import dramatiq
 import pytest
-from dramatiq.brokers.redis import RedisBroker
+from dramatiq.brokers.redis import MAINTENANCE_SCALE, RedisBroker
 from dramatiq.brokers.stub import StubBroker
 from dramatiq.common import compute_backoff
 from dramatiq.middleware import Retries
@@ -98,6 +98,17 @@ def test_a_retry_is_re_enqueued_so_the_thread_runs_other_work_meanwhile(load, re
     order = [(a.message_id, a.number) for a in recorder.attempts[:3]]
     assert order == [(failing.message_id, 1), (other.message_id, 1), (failing.message_id, 2)]
     assert len(retry_delays(recorder, failing.message_id)) == 1  # the retry went back through the broker
+
+
+def test_dead_letters_expire_after_dead_message_ttl(load, broker, start_worker):
+    assert RedisBroker(client=broker.client).dead_message_ttl == 7 * 86_400_000
+    e02 = load("e02")
+    e02.aborted.send(UNLUCKY)
+    start_worker()
+    assert lab.wait_until(lambda: lab.dead_letters(broker, "e02"), timeout=5)
+    broker.dead_message_ttl, broker.maintenance_chance = 1, MAINTENANCE_SCALE  # maintenance on every command
+    assert lab.wait_until(lambda: broker.do_qsize("e02") is not None and not lab.dead_letters(broker, "e02"),
+                          timeout=5)
 
 
 def test_scenario_lessons_hold(load, broker):
