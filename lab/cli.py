@@ -37,9 +37,10 @@ def cli() -> None:
 @cli.command("list")
 def list_experiments() -> None:
     """The experiments: number, title and goal, read from their modules."""
-    table = Table("#", "experiment", "goal", box=None)
+    table = Table("#", "title", "goal", box=None)
+    table.columns[1].no_wrap = True
     for experiment in experiments.all_experiments():
-        table.add_row(experiment.number, experiment.title, experiment.goal)
+        table.add_row(experiment.number, experiment.short_title, experiment.goal)
     out.print(table)
 
 
@@ -98,6 +99,7 @@ def run(experiment: str, url: str, as_json: bool, log: bool) -> None:
             if not as_json:
                 show(exp, runs[-1])
     finally:
+        logging.disable(logging.NOTSET)
         if url != MEMORY_URL:
             for key in broker.client.scan_iter(f"{namespace}:*"):
                 broker.client.delete(key)

@@ -25,6 +25,11 @@ class Experiment:
     def number(self) -> str:
         return self.name.split("_", 1)[0]
 
+    @property
+    def short_title(self) -> str:
+        """The title without its "Experiment NN: " prefix."""
+        return self.title.split(": ", 1)[-1]
+
 
 def _read(path: Path) -> Experiment:
     """Title and goal from a module's docstring, without importing it (no broker needed)."""

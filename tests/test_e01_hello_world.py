@@ -28,11 +28,6 @@ def test_send_enqueues_and_a_worker_thread_runs_it(load, recorder, start_worker)
     assert recorder.attempts[0].thread != "MainThread"
 
 
-def test_scenario_lessons_hold(load, broker):
-    run = lab.run_scenario(load("e01"), broker)
-    assert run.lessons and run.all_held, run.lessons
-
-
 def python(code: str, url: str) -> subprocess.CompletedProcess:
     """Run a snippet in a fresh interpreter at the repository root."""
     return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=ROOT, env=lab_env(url),

@@ -111,11 +111,6 @@ def test_dead_letters_expire_after_dead_message_ttl(load, broker, start_worker):
                           timeout=5)
 
 
-def test_scenario_lessons_hold(load, broker):
-    run = lab.run_scenario(load("e02"), broker)
-    assert run.lessons and run.all_held, run.lessons
-
-
 def test_default_retries_are_20_from_15_seconds_and_last_about_a_month():
     retries = Retries()
     assert (retries.max_retries, retries.min_backoff, retries.max_backoff) == (20, 15_000, 7 * 86_400_000)
