@@ -18,6 +18,7 @@ from typing import NoReturn
 
 import click
 import dramatiq
+import redis
 from dramatiq.results import ResultError, ResultFailure, ResultMissing, ResultTimeout
 
 import lab
@@ -134,15 +135,20 @@ def scenario(run: lab.Run) -> None:
 
 
 def wait_for(message: dramatiq.Message, deadline: float) -> object:
-    """The message's result, waiting until ``deadline`` (time.monotonic()) at most.
+    """The message's result, waiting until ``deadline`` (a time.monotonic() value) at most.
 
-    The Redis result backend waits in whole seconds, rounded down (below 1000 ms it
-    does not wait at all), so ask for the time left, rounded up.
+    The Redis result backend waits whole seconds, rounded down (under 1000 ms, not at all),
+    and redis-py 8 gives up on a socket after 5 s with redis.TimeoutError, not ResultTimeout:
+    so wait in slices of 1 to 4 s.
     """
-    left = deadline - time.monotonic()
-    if left <= 0:
-        raise ResultTimeout(message)
-    return message.get_result(block=True, timeout=math.ceil(left) * 1000)
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            return message.get_result(block=True, timeout=min(math.ceil(left), 4) * 1000)
+        except ResultTimeout:
+            pass
+        except redis.TimeoutError as exc:  # Redis stopped answering: lab.Group reports that (exit 3)
+            raise redis.ConnectionError(str(exc)) from exc
+    raise ResultTimeout(message)
 
 
 def timed_out(seconds: int) -> NoReturn:
