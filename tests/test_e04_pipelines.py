@@ -13,7 +13,8 @@ import dramatiq
 import pytest
 import redis
 from click.testing import CliRunner
-from dramatiq.results import ResultFailure, ResultMissing, ResultTimeout
+from dramatiq.middleware import GroupCallbacks
+from dramatiq.results import ResultFailure, ResultMissing, ResultTimeout, Results
 from dramatiq.results.backends import RedisBackend
 
 import lab
@@ -182,6 +183,17 @@ def test_a_wait_longer_than_the_socket_timeout_raises_redis_timeout_error(real_r
 
     with pytest.raises(redis.TimeoutError):
         backend.get_result(message, block=True, timeout=1000)
+
+
+def test_the_results_middleware_needs_a_backend_since_dramatiq_2():
+    with pytest.raises(TypeError, match="backend"):
+        Results()  # a required keyword argument since Dramatiq 2.0 (pull request 728)
+
+
+def test_a_group_barrier_lives_a_day_by_default(broker):
+    [callbacks] = [m for m in broker.middleware if isinstance(m, GroupCallbacks)]
+
+    assert callbacks.barrier_ttl == 86_400_000  # ms; GroupCallbacks(barrier_ttl=...) to change it
 
 
 def test_a_stored_result_expires_after_ten_minutes_by_default(e04, worker, broker):
