@@ -138,7 +138,7 @@ def wait_for(message: dramatiq.Message, deadline: float) -> object:
     """The message's result, waiting until ``deadline`` (a time.monotonic() value) at most.
 
     The Redis result backend waits whole seconds, rounded down (under 1000 ms, not at all),
-    and redis-py 8 gives up on a socket after 5 s with redis.TimeoutError, not ResultTimeout:
+    and redis-py 8.1 gives up on a socket after 5 s with redis.TimeoutError, not ResultTimeout:
     so wait in slices of 1 to 4 s.
     """
     while (left := deadline - time.monotonic()) > 0:
