@@ -1,6 +1,6 @@
 """Experiment 03: delays
 
-Goal: schedule a message for later with send_with_options(delay=ms), see where it waits, and measure how late it runs.
+Goal: delay a message with send_with_options(delay=ms), see where it waits and measure how late it runs.
 
 Run it, in two terminals (a Redis first: `redis-server` or `python -m lab serve`):
 
@@ -8,7 +8,7 @@ Run it, in two terminals (a Redis first: `redis-server` or `python -m lab serve`
     python e03_delays.py send 5000              # one message, due in 5000 ms (a delay is in milliseconds)
     python e03_delays.py at 14:30               # due at 14:30 today: the time is turned into a delay
     python e03_delays.py batch 50 --spread 2000 # 50 messages due over the next 2 s
-    python e03_delays.py measure                # no worker needed: lateness for worker_timeout 1000 and 100
+    python e03_delays.py measure                # lateness at worker_timeout 1000 and 100; stop your worker
     dramatiq_worker_timeout=100 dramatiq e03_delays   # a worker that looks for due messages 10x as often
 """
 
@@ -75,86 +75,77 @@ def lateness(sent: list[dramatiq.Message]) -> list[float]:
     return [started_ms[m.message_id] - m.args[1] for m in sent if m.message_id in started_ms]
 
 
+def early(sent: list[dramatiq.Message]) -> list[dramatiq.Message]:
+    """The ``sent`` messages that started before their eta (the broker's, not ours)."""
+    return [m for m in sent if started_ms.get(m.message_id, math.inf) < m.options["eta"]]
+
+
 def summary(values: list[float]) -> dict[str, float]:
     p95 = statistics.quantiles(values, n=20, method="inclusive")[18] if len(values) > 1 else values[0]
     return {"min": min(values), "median": statistics.median(values), "p95": p95, "max": max(values)}
 
 
-def send_and_wait(count: int, spread_ms: int, worker_timeout: int) -> list[dramatiq.Message]:
-    """Send a batch to the running worker and wait (bounded) until all have run."""
-    sent = send_batch(count, spread_ms)
-    lab.wait_until(lambda: all(m.message_id in started_ms for m in sent),
-                   timeout=(spread_ms + 3 * worker_timeout) / 1000 + 5)
-    return sent
+def wait_for(sent: list[dramatiq.Message], worker_timeout: int) -> bool:
+    """Wait until all of ``sent`` have run: bounded by the last due time + 3 worker_timeouts + 5 s."""
+    timeout = (max(m.args[1] for m in sent) - current_millis() + 3 * worker_timeout) / 1000 + 5
+    return lab.wait_until(lambda: all(m.message_id in started_ms for m in sent), timeout=timeout)
 
 
 def scenario(run: lab.Run) -> None:
     """`python -m lab run e03`: where a delayed message waits, who moves it, how late it runs."""
     client, dq, ready = broker.client, lab.keys.key(broker, f"{QUEUE}.DQ"), lab.keys.key(broker, QUEUE)
-    parked = send_in("parked", 200)
+    parked = send_in("parked", 100)
     lists = {"e03.DQ": client.llen(dq), "e03": client.llen(ready)}
-    run.lesson("send_with_options(delay=200) put the message in e03.DQ, not in e03",
+    run.lesson("send_with_options(delay=100) put the message in e03.DQ, not in e03",
                lists == {"e03.DQ": 1, "e03": 0} and parked.queue_name == "e03.DQ", f"list lengths {lists}")
-    ran = run.wait_until(lambda: parked.message_id in started_ms, timeout=0.6)
-    run.lesson("With no worker, nothing moves it: 600 ms later (3x its delay) it had not run",
+    ran = run.wait_until(lambda: parked.message_id in started_ms, timeout=0.4)
+    run.lesson("With no worker, nothing moves it: 400 ms later (4x its delay) it had not run",
                not ran and client.llen(dq) == 1, f"ran: {ran}; still in e03.DQ: {client.llen(dq) == 1}")
 
-    run.start_worker(threads=1, worker_timeout=100)
-    held = send_in("held", 800)
-    others = [wake_up.send(f"now {i}", current_millis()) for i in range(5)]
-    run.wait_until(lambda: held.message_id in started_ms, timeout=5)
-    before = [m for m in others if started_ms.get(m.message_id, math.inf) < held.options["eta"]]
-    run.lesson("One worker thread ran 5 other messages while it held a delayed one: holding is not sleeping",
-               len(before) == len(others) and held.message_id in started_ms,
-               f"{len(before)} of {len(others)} ran before the held message's eta")
-
-    batches = {}
+    batches, fetched_ms, overtook = {}, [], 0
     for wt in (1000, 100):
-        run.start_worker(threads=1, worker_timeout=wt)
-        batches[wt] = send_and_wait(20, 1000, wt)
-    run.settle(QUEUE, timeout=5)
+        run.start_worker(threads=1, worker_timeout=wt)  # one thread: were it blocked, nothing else would run
+        batch = batches[wt] = send_batch(20, 1000)
+        sent_at = current_millis()
+        now = [wake_up.send(f"now {i}", current_millis()) for i in range(5)]
+        if run.wait_until(lambda: client.llen(dq) == 0, timeout=1):
+            fetched_ms.append(current_millis() - sent_at)
+        wait_for(batch + now, wt)
+        overtook += sum(started_ms.get(m.message_id, math.inf) < batch[-1].options["eta"] for m in now)
+    run.lesson("A worker takes delayed messages into memory long before they are due",
+               len(fetched_ms) == 2 and max(fetched_ms) < 1000,
+               f"e03.DQ was empty {fetched_ms} ms after sending 20 messages due over the next 1000 ms")
+    run.lesson("Holding them does not block the worker: its one thread ran the 10 undelayed messages "
+               "sent after each batch before the batch's last was due", overtook == 10, f"{overtook} of 10")
     sent = [m for batch in batches.values() for m in batch]
-    early = [m for m in sent if started_ms.get(m.message_id, -math.inf) < m.options["eta"]]
+    ran, too_soon = lateness(sent), early(sent)
     run.lesson("delay is a minimum: no message started before its eta",
-               not early and len(lateness(sent)) == len(sent),
-               f"{len(lateness(sent))} of {len(sent)} ran, {len(early)} early")
+               len(ran) == len(sent) and not too_soon, f"{len(ran)}/{len(sent)} ran, {len(too_soon)} early")
     stats = {wt: summary(lateness(batch) or [math.inf]) for wt, batch in batches.items()}
     run.lesson("A shorter worker_timeout makes delayed messages less late (20 messages over 1 s each)",
                stats[100]["median"] < stats[1000]["median"],
-               "; ".join(f"worker_timeout={wt}: " + ", ".join(f"{k} {v:.0f}" for k, v in s.items()) + " ms"
-                         for wt, s in stats.items()))
+               "; ".join(f"worker_timeout={wt}: {', '.join(f'{k} {v:.0f}' for k, v in st.items())} ms"
+                         for wt, st in stats.items()))
 
 
-class Delay(click.ParamType):
-    """A delay in whole milliseconds, 0 to 7 days."""
+class Delay(click.IntRange):
+    """Whole milliseconds from now, 0 to 7 days: the longest delay Dramatiq documents."""
 
-    name = "MS"
+    name = "integer"
+
+    def __init__(self) -> None:
+        super().__init__(0, MAX_DELAY_MS)
 
     def convert(self, value, param, ctx) -> int:
         try:
-            ms = int(value)
-        except (TypeError, ValueError):
-            self.fail(f"{value!r} is not a whole number of milliseconds", param, ctx)
-        if ms < 0:
-            self.fail(f"{ms} is negative: a delay counts forward from now", param, ctx)
-        if ms > MAX_DELAY_MS:
-            self.fail(f"{ms} ms is more than 7 days ({MAX_DELAY_MS} ms), the longest delay Dramatiq "
-                      "documents; a worker would hold the message in memory all that time", param, ctx)
-        return ms
+            return super().convert(value, param, ctx)
+        except click.BadParameter as exc:
+            self.fail(f"{exc.message} A delay is 0 ms to 7 days ({MAX_DELAY_MS} ms), counted from now; "
+                      "7 days is the longest Dramatiq documents.", param, ctx)
 
 
-class ClockTime(click.ParamType):
-    """A time of day, HH:MM or HH:MM:SS."""
-
-    name = "HH:MM[:SS]"
-
-    def convert(self, value, param, ctx) -> TimeOfDay:
-        for layout in ("%H:%M:%S", "%H:%M"):
-            try:
-                return datetime.strptime(value, layout).time()
-            except ValueError:
-                pass
-        self.fail(f"{value!r} is not a time of day like 14:30 or 14:30:15", param, ctx)
+spread_option = click.option("--spread", type=Delay(), default=2000, show_default=True, metavar="MS",
+                             help="Due evenly over this many ms.")
 
 
 @click.group(cls=lab.Group, epilog=lab.EXIT_CODES_HELP + " measure: 1 if messages did not all run.")
@@ -163,8 +154,8 @@ def main() -> None:
 
 
 @main.command(short_help="One message due in DELAY_MS ms (up to 7 days).",
-              context_settings={"ignore_unknown_options": True})  # so `send -5` says "negative"
-@click.argument("delay_ms", type=Delay())
+              context_settings={"ignore_unknown_options": True})  # so `send -5` is a value, not an option
+@click.argument("delay_ms", metavar="DELAY_MS", type=Delay())
 def send(delay_ms: int) -> None:
     """One message due in DELAY_MS milliseconds (0 to 604800000, i.e. 7 days)."""
     message = send_in(f"sent with delay={delay_ms}", delay_ms)
@@ -173,21 +164,21 @@ def send(delay_ms: int) -> None:
 
 
 @main.command()
-@click.argument("when", metavar="HH:MM[:SS]", type=ClockTime())
-def at(when: TimeOfDay) -> None:
+@click.argument("when", metavar="HH:MM[:SS]", type=click.DateTime(["%H:%M", "%H:%M:%S"]))
+def at(when: datetime) -> None:
     """One message due at a time of day, today. Dramatiq has no "at": it becomes a delay."""
     try:
-        delay_ms = delay_until(when, datetime.now())
+        delay_ms = delay_until(when.time(), datetime.now())
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="'HH:MM[:SS]'") from None
-    message = send_in(f"at {when}", delay_ms)
+    message = send_in(f"at {when:%H:%M:%S}", delay_ms)
     lab.confirm(message)
     click.echo(f"delay={delay_ms} ms, due at {clock(message.options['eta'])}")
 
 
 @main.command()
 @click.argument("count", type=click.IntRange(1, 10_000))
-@click.option("--spread", type=Delay(), default=2000, show_default=True, help="Due evenly over this many ms.")
+@spread_option
 def batch(count: int, spread: int) -> None:
     """COUNT messages due over the next --spread ms. The worker logs how late each one runs."""
     sent = send_batch(count, spread)
@@ -197,7 +188,7 @@ def batch(count: int, spread: int) -> None:
 
 @main.command(short_help="How late delayed messages run, per worker_timeout (in-process worker).")
 @click.option("--count", type=click.IntRange(1, 1000), default=50, show_default=True)
-@click.option("--spread", type=Delay(), default=2000, show_default=True, help="Due evenly over this many ms.")
+@spread_option
 @click.option("--threads", type=click.IntRange(1, 64), default=1, show_default=True)
 @click.option("--worker-timeout", "timeouts", type=click.IntRange(min=1), multiple=True,
               default=(1000, 100), show_default=True, help="Repeat to compare; ms.")
@@ -216,18 +207,17 @@ def measure(count: int, spread: int, threads: int, timeouts: tuple[int, ...]) ->
         worker.start()
         with out.status(f"worker_timeout={wt} ms: {count} messages due over {spread} ms..."):
             try:
-                sent = send_and_wait(count, spread, wt)
+                sent = send_batch(count, spread)
+                wait_for(sent, wt)
             finally:
                 lab.stop_worker(worker)
         late = lateness(sent)
-        early = sum(started_ms[m.message_id] < m.options["eta"] for m in sent if m.message_id in started_ms)
-        stats = summary(late) if late else {}
-        table.add_row(f"{wt} ms", f"{len(late)}/{count}", *(f"{stats[k]:.0f}" if stats else "-"
-                      for k in ("min", "median", "p95", "max")), str(early))
+        stats = [f"{v:.0f}" for v in summary(late).values()] if late else ["-"] * 4
+        table.add_row(f"{wt} ms", f"{len(late)}/{count}", *stats, str(len(early(sent))))
         if len(late) < count:
             out.print(table)
-            raise click.ClickException(f"only {len(late)} of {count} ran here: is another worker consuming "
-                                       f"{QUEUE} on this Redis? Stop it, or use {lab.URL_ENV}={lab.MEMORY_URL}")
+            raise click.ClickException(f"only {len(late)} of {count} ran here: does another worker consume "
+                                       f"{QUEUE} on this Redis? Stop it, or use {lab.URL_ENV}=memory://")
     out.print(table)
 
 

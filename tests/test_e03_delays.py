@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 from datetime import datetime, timedelta
 from datetime import time as TimeOfDay
 
@@ -10,6 +13,7 @@ import dramatiq
 import pytest
 from click.testing import CliRunner
 from dramatiq.common import current_millis
+from dramatiq.middleware import CurrentMessage
 
 import lab
 from lab.keys import key
@@ -20,18 +24,48 @@ def e03(load):
     return load("e03")
 
 
+def redis_id(message: dramatiq.Message) -> bytes:
+    """The id a message has in Redis lists (a fresh one per enqueue, not the message id)."""
+    return message.options["redis_message_id"].encode()
+
+
 def ran(e03, *messages: dramatiq.Message) -> bool:
     return all(m.message_id in e03.started_ms for m in messages)
 
 
 def test_a_delayed_message_waits_in_the_delay_queue_not_the_queue(broker, e03):
     message = e03.send_in("in a minute", 60_000)
-    client, redis_id = broker.client, message.options["redis_message_id"]
+    client, rid = broker.client, redis_id(message)
     assert message.queue_name == "e03.DQ"
-    assert client.lrange(key(broker, "e03.DQ"), 0, -1) == [redis_id.encode()]
-    assert client.hexists(key(broker, "e03.DQ.msgs"), redis_id)
+    assert client.lrange(key(broker, "e03.DQ"), 0, -1) == [rid]
+    assert client.hexists(key(broker, "e03.DQ.msgs"), rid)
     assert client.llen(key(broker, "e03")) == 0 and client.hlen(key(broker, "e03.msgs")) == 0
     assert message.options["eta"] - current_millis() > 55_000  # the unit is milliseconds
+
+
+def test_a_timedelta_delay_is_turned_into_milliseconds(broker, e03):
+    message = e03.wake_up.send_with_options(args=("in 2 s", 0), delay=timedelta(seconds=2))
+    assert 1900 < message.options["eta"] - current_millis() <= 2000
+
+
+def test_dramatiq_2_2_accepts_a_delay_over_the_7_days_it_documents(broker, e03):
+    eight_days = 8 * 24 * 3600 * 1000  # RedisBroker.enqueue: "Must be less than 7 days. Raises ValueError"
+    message = e03.wake_up.send_with_options(args=("in 8 days", 0), delay=eight_days)
+    assert broker.client.llen(key(broker, "e03.DQ")) == 1
+    assert message.options["eta"] - current_millis() > eight_days - 5000
+
+
+def test_the_message_a_worker_delivers_no_longer_carries_its_eta(broker, start_worker):
+    delivered: list[dict] = []
+
+    @dramatiq.actor(queue_name="e03-probe", broker=broker)
+    def probe() -> None:
+        delivered.append(dict(CurrentMessage.get_current_message().options))
+
+    sent = probe.send_with_options(delay=50)
+    start_worker(threads=1)
+    assert lab.wait_until(lambda: delivered, timeout=5)
+    assert "eta" in sent.options and "eta" not in delivered[0]  # why e03 passes due_ms as an argument
 
 
 def test_without_a_worker_a_due_message_waits_until_one_starts(broker, e03, start_worker):
@@ -45,11 +79,11 @@ def test_without_a_worker_a_due_message_waits_until_one_starts(broker, e03, star
 def test_a_worker_takes_delayed_messages_into_memory_long_before_they_are_due(broker, e03, start_worker):
     message = e03.send_in("in a minute", 60_000)
     start_worker(threads=1)
-    client, redis_id = broker.client, message.options["redis_message_id"]
+    client, rid = broker.client, redis_id(message)
     assert lab.wait_until(lambda: client.llen(key(broker, "e03.DQ")) == 0, timeout=5)
     # Fetched: out of the list, into the worker's set of unacked ids; the payload stays in the hash.
-    assert client.sismember(key(broker, f"__acks__.{broker.broker_id}.e03.DQ"), redis_id)
-    assert client.hexists(key(broker, "e03.DQ.msgs"), redis_id)
+    assert client.sismember(key(broker, f"__acks__.{broker.broker_id}.e03.DQ"), rid)
+    assert client.hexists(key(broker, "e03.DQ.msgs"), rid)
     assert not ran(e03, message)
 
 
@@ -61,7 +95,7 @@ def test_stopping_a_worker_puts_the_delayed_messages_it_held_back(broker, e03):
         assert lab.wait_until(lambda: broker.client.llen(key(broker, "e03.DQ")) == 0, timeout=5)
     finally:
         lab.stop_worker(worker)
-    assert broker.client.lrange(key(broker, "e03.DQ"), 0, -1) == [message.options["redis_message_id"].encode()]
+    assert broker.client.lrange(key(broker, "e03.DQ"), 0, -1) == [redis_id(message)]
 
 
 def test_one_worker_thread_runs_other_messages_while_it_holds_a_delayed_one(broker, e03, start_worker):
@@ -96,10 +130,19 @@ def test_a_full_delay_prefetch_holds_back_a_message_due_sooner(broker, e03):
     worker.start()
     try:
         assert not lab.wait_until(lambda: ran(e03, sooner), timeout=0.3)  # 6x its delay
-        assert broker.client.lrange(key(broker, "e03.DQ"), 0, -1) == [sooner.options["redis_message_id"].encode()]
+        assert broker.client.lrange(key(broker, "e03.DQ"), 0, -1) == [redis_id(sooner)]
     finally:
         lab.stop_worker(worker)
     assert not ran(e03, later)
+
+
+def test_dramatiq_worker_timeout_env_sets_the_default_once_at_import():
+    code = ("import inspect, os, dramatiq\n"
+            "os.environ['dramatiq_worker_timeout'] = '5'  # too late: read when dramatiq was imported\n"
+            "print(inspect.signature(dramatiq.Worker).parameters['worker_timeout'].default)")
+    env = dict(os.environ, dramatiq_worker_timeout="100")
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=30)
+    assert result.stdout.split() == ["100"], result.stderr
 
 
 NOON = datetime(2025, 6, 1, 12, 0, 0)
@@ -128,7 +171,7 @@ def a_minute_ago() -> str:
 
 
 @pytest.mark.parametrize(("args", "says"), [
-    (["send", "-5"], "negative"),
+    (["send", "-5"], "-5 is not in the range 0<=x<=604800000"),
     (["at", a_minute_ago], "already passed today"),
 ], ids=["negative", "past-time"])
 def test_sender_rejects_bad_input_with_a_usage_error(sender, args, says):
@@ -138,11 +181,14 @@ def test_sender_rejects_bad_input_with_a_usage_error(sender, args, says):
     assert says in result.stderr and "Traceback" not in result.stderr
 
 
+OVER_7_DAYS = str(7 * 24 * 3600 * 1000 + 1)
+
+
 @pytest.mark.parametrize(("args", "says"), [
-    (["send", "soon"], "not a whole number"),
-    (["send", str(7 * 24 * 3600 * 1000 + 1)], "more than 7 days"),
-    (["batch", "5", "--spread", str(7 * 24 * 3600 * 1000 + 1)], "more than 7 days"),
-    (["at", "25:00"], "not a time of day"),
+    (["send", "soon"], "'soon' is not a valid integer"),
+    (["send", OVER_7_DAYS], "not in the range 0<=x<=604800000. A delay is 0 ms to 7 days"),
+    (["batch", "5", "--spread", OVER_7_DAYS], "not in the range 0<=x<=604800000. A delay is 0 ms to 7 days"),
+    (["at", "25:00"], "'25:00' does not match the formats"),
 ], ids=["not-a-number", "send-over-7-days", "spread-over-7-days", "not-a-time"])
 def test_sender_rejects_non_numbers_more_than_7_days_and_malformed_times(e03, args, says):
     result = CliRunner().invoke(e03.main, args)  # in-process: the same click checks, faster
