@@ -26,7 +26,7 @@ class _CleanFailures:
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
-        except redis.ConnectionError:
+        except (redis.ConnectionError, redis.TimeoutError):
             click.echo(f"{ctx.find_root().info_name}: {how_to_get_redis(current_url())}", err=True)
             ctx.exit(EXIT_UNREACHABLE)
 
