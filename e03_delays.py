@@ -39,8 +39,11 @@ started_ms: dict[str, float] = {}
 
 @dramatiq.actor(queue_name=QUEUE)
 def wake_up(label: str, due_ms: int) -> None:
-    """Log how late this run started: now minus the time it was due (passed in: the
-    delivered message no longer carries its eta, the worker deletes it when it re-enqueues)."""
+    """Log how late this run started: now minus ``due_ms``.
+
+    The due time comes as an argument because the message a worker delivers no longer
+    carries its eta: the worker deletes ``options["eta"]`` when it moves it out of e03.DQ.
+    """
     now = time.time() * 1000
     started_ms[CurrentMessage.get_current_message().message_id] = now
     wake_up.logger.info("%s: due %s, started %.0f ms late (%s)",
@@ -98,9 +101,9 @@ def scenario(run: lab.Run) -> None:
     lists = {"e03.DQ": client.llen(dq), "e03": client.llen(ready)}
     run.lesson("send_with_options(delay=100) put the message in e03.DQ, not in e03",
                lists == {"e03.DQ": 1, "e03": 0} and parked.queue_name == "e03.DQ", f"list lengths {lists}")
-    ran = run.wait_until(lambda: parked.message_id in started_ms, timeout=0.4)
+    moved = run.wait_until(lambda: parked.message_id in started_ms, timeout=0.4)
     run.lesson("With no worker, nothing moves it: 400 ms later (4x its delay) it had not run",
-               not ran and client.llen(dq) == 1, f"ran: {ran}; still in e03.DQ: {client.llen(dq) == 1}")
+               not moved and client.llen(dq) == 1, f"ran: {moved}; still in e03.DQ: {client.llen(dq) == 1}")
 
     batches, fetched_ms, overtook = {}, [], 0
     for wt in (1000, 100):
