@@ -16,7 +16,8 @@ import click
 import dramatiq
 import redis
 from dramatiq.brokers.redis import RedisBroker
-from dramatiq.middleware import CurrentMessage, GroupCallbacks, Middleware
+from dramatiq.errors import BrokerConnectionError
+from dramatiq.middleware import CurrentMessage, GroupCallbacks, Middleware, MiddlewareError
 from dramatiq.rate_limits.backends import RedisBackend as RedisRateLimiterBackend
 from dramatiq.results import Results
 from dramatiq.results.backends import RedisBackend as RedisResultBackend
@@ -77,12 +78,16 @@ def make_client(url: str) -> redis.Redis:
     return redis.Redis.from_url(url)
 
 
+class RedisUnreachable(MiddlewareError, BrokerConnectionError):
+    """Raised at worker boot. A MiddlewareError, so Dramatiq lets it through its
+    middleware hooks; a BrokerConnectionError, so the ``dramatiq`` CLI exits with 3."""
+
+
 class RedisReachable(Middleware):
     """Fail a worker's boot with a clear message when Redis is not there.
 
     Without this, a worker started against a dead Redis boots "fine" and then
-    logs a connection error every few seconds. Raising dramatiq's
-    ConnectionError here makes the ``dramatiq`` CLI exit with code 3.
+    logs a connection error every few seconds, forever.
     """
 
     def __init__(self, url: str) -> None:
@@ -91,8 +96,8 @@ class RedisReachable(Middleware):
     def before_worker_boot(self, broker: RedisBroker, worker: dramatiq.Worker) -> None:
         try:
             broker.client.ping()
-        except redis.RedisError as exc:
-            raise dramatiq.errors.ConnectionError(how_to_get_redis(self.url)) from exc
+        except redis.RedisError:
+            raise RedisUnreachable(how_to_get_redis(self.url)) from None
 
 
 def make_broker(url: str, *, namespace: str = "dramatiq") -> RedisBroker:

@@ -121,3 +121,10 @@ def test_watch_reloads_the_worker_when_a_watched_file_changes(real_redis_url, dr
     worker.wait_for(r"Detected changes to .*watched\.py")
     worker.wait_for("Worker process is ready for action", count=2)
     assert worker.stop() == 0
+
+
+@pytest.mark.e2e
+def test_worker_cli_exits_3_naming_the_url_when_redis_is_unreachable(dramatiq_worker):
+    worker = dramatiq_worker("e01_hello_world", url=f"redis://:hunter2@127.0.0.1:{free_port()}/0", ready=False)
+    assert worker.process.wait(timeout=20) == lab.EXIT_UNREACHABLE
+    assert "cannot reach Redis at redis://:***@127.0.0.1" in worker.output and "hunter2" not in worker.output
