@@ -133,3 +133,6 @@ def show(exp: experiments.Experiment, run: Run) -> None:
 
 
 # Commands from other modules of the package register below.
+from .server import serve  # noqa: E402
+
+cli.add_command(serve)
