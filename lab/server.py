@@ -27,6 +27,8 @@ from types import TracebackType
 import click
 import fakeredis
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from .broker import DEFAULT_URL, URL_ENV
 
@@ -123,7 +125,7 @@ class EmbeddedRedis:
             client.close()
 
     def _error_reply(self, peer: tuple, exc: redis.ResponseError) -> None:
-        line = f"error reply to {peer[0]}:{peer[1]}: {exc}"
+        line = f"error reply to {peer[0]}:{peer[1]}: {type(exc).__name__}: {exc}"
         self.error_replies.append(line)
         if self.on_error_reply is not None:
             self.on_error_reply(line)
@@ -156,7 +158,9 @@ def _why_not_listening(port: int, exc: OSError) -> str:
     if exc.errno != errno.EADDRINUSE:
         return f"cannot listen on {HOST}:{port}: {exc.strerror or exc}"
     try:
-        answers = redis.Redis(host=HOST, port=port, socket_timeout=0.5, socket_connect_timeout=0.5).ping()
+        probe = redis.Redis(host=HOST, port=port, socket_timeout=0.2, socket_connect_timeout=0.2,
+                            retry=Retry(NoBackoff(), 0))  # one try: whatever holds the port may never answer
+        answers = probe.ping()
     except redis.RedisError:
         answers = False
     if answers:
