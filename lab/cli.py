@@ -136,3 +136,7 @@ def show(exp: experiments.Experiment, run: Run) -> None:
 from .server import serve  # noqa: E402
 
 cli.add_command(serve)
+from .status import purge, status  # noqa: E402
+
+cli.add_command(status)
+cli.add_command(purge)
