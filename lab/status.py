@@ -267,7 +267,8 @@ def open_broker(url: str) -> RedisBroker:
 @click.option("--watch", is_flag=True, help="Refresh until Ctrl-C.")
 @click.option("--interval", type=click.FloatRange(min=0.2), default=1.0, show_default=True, metavar="SECONDS",
               help="Time between refreshes with --watch.")
-@click.option("--count", type=click.IntRange(min=1), metavar="N", help="With --watch: stop after N refreshes.")
+@click.option("--count", type=click.IntRange(min=1), metavar="N",
+              help="With --watch: stop after N refreshes.")
 @click.option("--dead", "newest", type=click.IntRange(min=0), default=5, show_default=True, metavar="N",
               help="How many of the newest dead letters to show.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (with --watch: one line per refresh).")
@@ -345,13 +346,20 @@ def purge(queue: str, url: str, dead_letters: bool, yes: bool) -> None:
         before = read_snapshot(broker, newest=0).queue(queue)
         planned = before.ready + before.delayed + (before.dead if dead_letters else 0)
         if planned == 0:
-            click.echo(f"Nothing to purge in {queue}" + (f" ({before.dead} dead letter(s) kept)" if before.dead else ""))
+            kept = f" ({before.dead} dead letter(s) kept)" if before.dead else ""
+            click.echo(f"Nothing to purge in {queue}{kept}")
             return
         if not yes:
-            click.confirm(f"Remove {describe(before, dead_letters)} from {queue} on {mask_url(url)}?", abort=True)
-        removed = purge_queue(broker, queue, dead_letters=dead_letters)
-        click.echo(f"Removed {removed.ready + removed.delayed + removed.dead} message(s) from {queue}: "
-                   f"{describe(removed, dead_letters)}.{after_purge(before, removed, dead_letters)}")
+            click.confirm(f"Remove {describe(before, dead_letters)} from {queue} on {mask_url(url)}?",
+                          abort=True)
+        found = purge_queue(broker, queue, dead_letters=dead_letters)
+        removed = found.ready + found.delayed + (found.dead if dead_letters else 0)
+        notes = [] if dead_letters or not found.dead else [
+            f"{found.dead} dead letter(s) kept (--dead-letters removes them)"]
+        if before.in_flight:
+            notes.append(f"{before.in_flight} in flight left to their workers")
+        click.echo(f"Removed {removed} message(s) from {queue}: {describe(found, dead_letters)}."
+                   + "".join(f" {note}." for note in notes))
     finally:
         broker.close()
 
@@ -363,17 +371,8 @@ def describe(counts: QueueCounts, dead_letters: bool) -> str:
     return ", ".join(parts)
 
 
-def after_purge(before: QueueCounts, removed: QueueCounts, dead_letters: bool) -> str:
-    notes = []
-    if not dead_letters and removed.dead:
-        notes.append(f"{removed.dead} dead letter(s) kept (--dead-letters removes them)")
-    if before.in_flight:
-        notes.append(f"{before.in_flight} in flight left to their workers")
-    return (" " + "; ".join(notes) + ".") if notes else ""
-
-
 def purge_queue(broker: RedisBroker, queue: str, *, dead_letters: bool = False) -> QueueCounts:
-    """Delete ``queue``'s ready and delayed messages (and dead letters); return what was there.
+    """Delete ``queue``'s ready and delayed messages (and its dead letters); return the counts it found.
 
     One transaction, retried if a worker touches the queue meanwhile. The
     stored copies of in-flight messages stay in ``<q>.msgs``, so their worker
@@ -382,11 +381,11 @@ def purge_queue(broker: RedisBroker, queue: str, *, dead_letters: bool = False) 
     ready_list, msgs = key(broker, queue), key(broker, f"{queue}.msgs")
     dq, dq_msgs = key(broker, f"{queue}.DQ"), key(broker, f"{queue}.DQ.msgs")
     xq, xq_msgs = key(broker, f"{queue}.XQ"), key(broker, f"{queue}.XQ.msgs")
-    removed = QueueCounts(queue)
+    found = QueueCounts(queue)  # in_flight stays 0: those messages are not touched
 
     def remove(pipe: redis.client.Pipeline) -> None:
         ready_ids = pipe.lrange(ready_list, 0, -1)
-        removed.ready, removed.delayed, removed.dead = len(ready_ids), pipe.hlen(dq_msgs), pipe.zcard(xq)
+        found.ready, found.delayed, found.dead = len(ready_ids), pipe.hlen(dq_msgs), pipe.zcard(xq)
         pipe.multi()
         pipe.delete(ready_list, dq, dq_msgs)
         if ready_ids:
@@ -395,4 +394,4 @@ def purge_queue(broker: RedisBroker, queue: str, *, dead_letters: bool = False) 
             pipe.delete(xq, xq_msgs)
 
     broker.client.transaction(remove, ready_list, msgs, dq_msgs, xq)
-    return removed
+    return found
