@@ -16,6 +16,7 @@ import re
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
+from typing import NoReturn
 
 import click
 import redis
@@ -27,7 +28,9 @@ from rich.table import Table
 from rich.text import Text
 
 from . import experiments
-from .broker import DEFAULT_URL, MEMORY_URL, URL_ENV, how_to_get_redis, mask_url, use_broker
+from .broker import (
+    DEFAULT_URL, EXIT_UNREACHABLE, MEMORY_URL, URL_ENV, how_to_get_redis, mask_url, use_broker,
+)
 from .keys import dead_letters, key
 
 # Dramatiq's own rule for queue names (dramatiq/actor.py).
@@ -293,8 +296,15 @@ def status(url: str, watch: bool, interval: float, count: int | None, newest: in
             _watch_live(broker, interval, count, newest)
     except KeyboardInterrupt:
         pass  # Ctrl-C ends --watch: that is how it is meant to stop
+    except redis.ConnectionError:  # Redis went away after it answered
+        _unreachable(url)
     finally:
         broker.close()
+
+
+def _unreachable(url: str) -> NoReturn:
+    click.echo(f"lab: {how_to_get_redis(url)}", err=True)
+    raise SystemExit(EXIT_UNREACHABLE)
 
 
 def _refreshes(interval: float, count: int | None):
@@ -360,6 +370,8 @@ def purge(queue: str, url: str, dead_letters: bool, yes: bool) -> None:
             notes.append(f"{before.in_flight} in flight left to their workers")
         click.echo(f"Removed {removed} message(s) from {queue}: {describe(found, dead_letters)}."
                    + "".join(f" {note}." for note in notes))
+    except redis.ConnectionError:  # Redis went away after it answered
+        _unreachable(url)
     finally:
         broker.close()
 

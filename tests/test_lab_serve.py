@@ -75,7 +75,7 @@ def test_an_error_reply_keeps_the_connection_open_on_the_embedded_server(embedde
 
 
 def run_4_thread_worker(url: str, caplog: pytest.LogCaptureFixture, messages: int = 8) -> tuple[int, list]:
-    """A 4-thread worker on ``url`` runs ``messages``; return how many ran and the connection errors logged."""
+    """A 4-thread worker on ``url`` runs ``messages``: how many ran, and the connection errors it logged."""
     broker = lab.make_broker(url)
     done: list[int] = []
 
