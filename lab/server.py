@@ -38,7 +38,7 @@ EXIT_CANNOT_LISTEN = 4
 
 EXIT_CODES = (
     f"Exit codes: 0 stopped by Ctrl-C or SIGTERM; 2 bad arguments; "
-    f"{EXIT_CANNOT_LISTEN} cannot listen (the port is in use)."
+    f"{EXIT_CANNOT_LISTEN} cannot listen (the port is in use, or not allowed)."
 )
 
 

@@ -265,7 +265,7 @@ def open_broker(url: str) -> RedisBroker:
     return broker
 
 
-@click.command(epilog=EXIT_CODES)
+@click.command(epilog=EXIT_CODES, short_help="Queues, live workers and dead letters; --watch for a live view.")
 @url_option
 @click.option("--watch", is_flag=True, help="Refresh until Ctrl-C.")
 @click.option("--interval", type=click.FloatRange(min=0.2), default=1.0, show_default=True, metavar="SECONDS",
@@ -336,7 +336,8 @@ def _watch_live(broker: RedisBroker, interval: float, count: int | None, newest:
             live.update(Group(view, footer), refresh=True)
 
 
-@click.command(epilog=EXIT_CODES.replace("0 ok;", "0 ok; 1 you answered no;"))
+@click.command(epilog=EXIT_CODES.replace("0 ok;", "0 ok; 1 you answered no;"),
+               short_help="Remove the messages waiting in a queue (asks first).")
 @click.argument("queue")
 @url_option
 @click.option("--dead-letters", is_flag=True, help="Also remove the dead letters (QUEUE.XQ).")
