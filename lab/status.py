@@ -265,7 +265,8 @@ def open_broker(url: str) -> RedisBroker:
     return broker
 
 
-@click.command(epilog=EXIT_CODES, short_help="Queues, live workers and dead letters; --watch for a live view.")
+@click.command(epilog=EXIT_CODES,
+               short_help="Queues, live workers and dead letters; --watch for a live view.")
 @url_option
 @click.option("--watch", is_flag=True, help="Refresh until Ctrl-C.")
 @click.option("--interval", type=click.FloatRange(min=0.2), default=1.0, show_default=True, metavar="SECONDS",
