@@ -1,7 +1,8 @@
 """``python -m lab``: the whole lab from one command.
 
-Exit codes (every command): 0 ok; 1 a lesson did not hold (``run``); 2 bad
-arguments, unknown experiment or bad URL; 3 Redis unreachable.
+Exit codes (every command): 0 ok; 1 a lesson did not hold (run) or
+purge was declined; 2 bad arguments, unknown experiment or bad URL; 3 Redis
+unreachable; 4 serve cannot listen on its port.
 """
 
 from __future__ import annotations
