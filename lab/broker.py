@@ -57,6 +57,11 @@ def mask_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
 
 
+#: What redis-py raises when there is no (working) Redis at the URL: nothing listens,
+#: nothing answers in time, or something that is not Redis answers (an HTTP port, say).
+UNREACHABLE = (redis.ConnectionError, redis.TimeoutError, redis.exceptions.InvalidResponse)
+
+
 def how_to_get_redis(url: str) -> str:
     """One line: which Redis could not be reached, and how to get one."""
     return (
@@ -75,7 +80,8 @@ def make_client(url: str) -> redis.Redis:
         import fakeredis  # only the embedded broker needs it
 
         return fakeredis.FakeRedis(server=fakeredis.FakeServer())
-    return redis.Redis.from_url(url)
+    # A host that never answers fails in 5 s with a clear line, not after the OS's TCP timeout.
+    return redis.Redis.from_url(url, socket_connect_timeout=5)
 
 
 class RedisUnreachable(MiddlewareError, BrokerConnectionError):

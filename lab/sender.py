@@ -11,11 +11,10 @@ import threading
 import time
 
 import click
-import redis
 from dramatiq import Message
 from dramatiq.middleware import CurrentMessage
 
-from .broker import EXIT_UNREACHABLE, current_url, how_to_get_redis
+from .broker import EXIT_UNREACHABLE, UNREACHABLE, current_url, how_to_get_redis
 
 EXIT_CODES_HELP = "Exit codes: 0 sent, 2 bad arguments or URL, 3 Redis unreachable."
 
@@ -26,7 +25,7 @@ class _CleanFailures:
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
-        except (redis.ConnectionError, redis.TimeoutError):
+        except UNREACHABLE:
             click.echo(f"{ctx.find_root().info_name}: {how_to_get_redis(current_url())}", err=True)
             ctx.exit(EXIT_UNREACHABLE)
 

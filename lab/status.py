@@ -29,7 +29,7 @@ from rich.text import Text
 
 from . import experiments
 from .broker import (
-    DEFAULT_URL, EXIT_UNREACHABLE, MEMORY_URL, URL_ENV, how_to_get_redis, mask_url, use_broker,
+    DEFAULT_URL, EXIT_UNREACHABLE, MEMORY_URL, UNREACHABLE, URL_ENV, how_to_get_redis, mask_url, use_broker,
 )
 from .keys import dead_letters, key
 
@@ -297,7 +297,7 @@ def status(url: str, watch: bool, interval: float, count: int | None, newest: in
             _watch_live(broker, interval, count, newest)
     except KeyboardInterrupt:
         pass  # Ctrl-C ends --watch: that is how it is meant to stop
-    except redis.ConnectionError:  # Redis went away after it answered
+    except UNREACHABLE:  # Redis went away after it answered
         _unreachable(url)
     finally:
         broker.close()
@@ -322,7 +322,7 @@ def _watch_json(broker: RedisBroker, interval: float, count: int | None, newest:
     for _ in _refreshes(interval, count):
         try:
             click.echo(json.dumps(read_snapshot(broker, newest=newest).as_dict()))
-        except redis.ConnectionError:
+        except UNREACHABLE:
             click.echo(json.dumps({"error": how_to_get_redis(broker.lab_url)}))
 
 
@@ -331,7 +331,7 @@ def _watch_live(broker: RedisBroker, interval: float, count: int | None, newest:
         for number in _refreshes(interval, count):
             try:
                 view = render(read_snapshot(broker, newest=newest))
-            except redis.ConnectionError:  # the server went away: say so, and keep trying
+            except UNREACHABLE:  # the server went away: say so, and keep trying
                 view = Text(how_to_get_redis(broker.lab_url), style="red")
             footer = Text(f"refresh {number}, every {interval:g} s; Ctrl-C to stop", style="dim")
             live.update(Group(view, footer), refresh=True)
@@ -372,7 +372,7 @@ def purge(queue: str, url: str, dead_letters: bool, yes: bool) -> None:
             notes.append(f"{before.in_flight} in flight left to their workers")
         click.echo(f"Removed {removed} message(s) from {queue}: {describe(found, dead_letters)}."
                    + "".join(f" {note}." for note in notes))
-    except redis.ConnectionError:  # Redis went away after it answered
+    except UNREACHABLE:  # Redis went away after it answered
         _unreachable(url)
     finally:
         broker.close()

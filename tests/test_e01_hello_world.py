@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import socketserver
 import subprocess
 import sys
 import textwrap
+import threading
 
 import pytest
 import redis
@@ -128,3 +130,21 @@ def test_worker_cli_exits_3_naming_the_url_when_redis_is_unreachable(dramatiq_wo
     worker = dramatiq_worker("e01_hello_world", url=f"redis://:hunter2@127.0.0.1:{free_port()}/0", ready=False)
     assert worker.process.wait(timeout=20) == lab.EXIT_UNREACHABLE
     assert "cannot reach Redis at redis://:***@127.0.0.1" in worker.output and "hunter2" not in worker.output
+
+
+def test_something_that_is_not_redis_at_the_url_is_one_line_and_exit_3(sender):
+    # An HTTP server where Redis should be: redis-py raises InvalidResponse, not ConnectionError.
+    with socketserver.TCPServer(("127.0.0.1", 0), NotRedis) as http:
+        threading.Thread(target=http.serve_forever, daemon=True).start()
+        try:
+            result = sender("e01_hello_world.py", "5", url=f"redis://127.0.0.1:{http.server_address[1]}/0")
+        finally:
+            http.shutdown()
+    assert result.returncode == lab.EXIT_UNREACHABLE
+    assert result.stderr.count("\n") == 1 and "cannot reach Redis" in result.stderr
+
+
+class NotRedis(socketserver.StreamRequestHandler):
+    def handle(self) -> None:
+        self.rfile.readline()
+        self.wfile.write(b"HTTP/1.1 400 Bad Request\r\n\r\n")
