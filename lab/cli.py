@@ -102,7 +102,8 @@ def run(experiment: str, url: str, as_json: bool, log: bool) -> None:
     finally:
         logging.disable(logging.NOTSET)
         if url != MEMORY_URL:
-            for key in broker.client.scan_iter(f"{namespace}:*"):
+            # "<namespace>:*" holds the queues, "<namespace>-results:*" the results.
+            for key in broker.client.scan_iter(f"{namespace}*"):
                 broker.client.delete(key)
         broker.close()
     if as_json:
