@@ -1,4 +1,4 @@
-"""The lab's shared plumbing: one broker per process, sender helpers, scripted runs.
+"""The lab's shared plumbing: one broker per process, clean failures, scripted runs.
 
 Experiments use it like this::
 
@@ -6,26 +6,34 @@ Experiments use it like this::
     broker = lab.setup_broker()      # before declaring actors
 """
 
-from .broker import (
-    DEFAULT_URL,
-    EXIT_BAD_CONFIG,
+from .broker import connect, make_broker, setup_broker, use_broker
+from .failures import (
+    EXIT_AUTH,
+    EXIT_CODES_HELP,
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_TIMEOUT,
     EXIT_UNREACHABLE,
-    MEMORY_URL,
-    URL_ENV,
-    make_broker,
-    mask_url,
-    redis_url,
-    setup_broker,
-    use_broker,
+    EXIT_USAGE,
+    Command,
+    Failure,
+    Group,
 )
-from .keys import DeadLetter, dead_letters
-from .scenario import Attempt, Recorder, Run, run_scenario, stop_worker, wait_until
-from .sender import EXIT_CODES_HELP, Command, Group, confirm, describe_attempt
+from .keys import DeadLetter, dead_letters, key
+from .options import MAX_DELAY_MS, Milliseconds
+from .recorder import Attempt, Recorder, wait_until
+from .scenario import Run, run_scenario, stop_worker
+from .sender import confirm, describe_attempt, wait_for_result
+from .urls import DEFAULT_URL, MEMORY_URL, URL_ENV, mask_url, redis_url
 
 __all__ = [
-    "DEFAULT_URL", "EXIT_BAD_CONFIG", "EXIT_UNREACHABLE", "MEMORY_URL", "URL_ENV",
-    "make_broker", "mask_url", "redis_url", "setup_broker", "use_broker",
-    "DeadLetter", "dead_letters",
-    "Attempt", "Recorder", "Run", "run_scenario", "stop_worker", "wait_until",
-    "EXIT_CODES_HELP", "Command", "Group", "confirm", "describe_attempt",
+    "connect", "make_broker", "setup_broker", "use_broker",
+    "EXIT_AUTH", "EXIT_CODES_HELP", "EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_TIMEOUT", "EXIT_UNREACHABLE",
+    "EXIT_USAGE", "Command", "Failure", "Group",
+    "DeadLetter", "dead_letters", "key",
+    "MAX_DELAY_MS", "Milliseconds",
+    "Attempt", "Recorder", "wait_until",
+    "Run", "run_scenario", "stop_worker",
+    "confirm", "describe_attempt", "wait_for_result",
+    "DEFAULT_URL", "MEMORY_URL", "URL_ENV", "mask_url", "redis_url",
 ]

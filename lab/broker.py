@@ -8,11 +8,10 @@ its actors. The first call builds the broker and hands it to
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
-from urllib.parse import urlsplit, urlunsplit
 
-import click
 import dramatiq
 import redis
 from dramatiq.brokers.redis import RedisBroker
@@ -22,95 +21,73 @@ from dramatiq.rate_limits.backends import RedisBackend as RedisRateLimiterBacken
 from dramatiq.results import Results
 from dramatiq.results.backends import RedisBackend as RedisResultBackend
 
-#: The only configuration: where Redis is.
-URL_ENV = "DRAMATIQ_REDIS_URL"
-DEFAULT_URL = "redis://localhost:6379/0"
-#: This value gives an in-process fakeredis server instead of a network Redis.
-MEMORY_URL = "memory://"
-
-#: Exit codes shared by the senders and ``python -m lab`` (2 is click's usage error).
-EXIT_BAD_CONFIG = 2
-EXIT_UNREACHABLE = 3  # the same code the ``dramatiq`` CLI uses for "broker connection failed"
+from .failures import Failure, explain
+from .urls import DEFAULT_NAMESPACE, MEMORY_URL, NAMESPACE_ENV, BadUrl, check_url, redact, redis_url, use_url
 
 _broker: RedisBroker | None = None
-
-
-def redis_url() -> str:
-    """The Redis URL the lab uses: ``$DRAMATIQ_REDIS_URL`` or the local default."""
-    return os.environ.get(URL_ENV) or DEFAULT_URL
-
-
-def current_url() -> str:
-    """The URL of the process's broker, or the configured one before there is a broker."""
-    return _broker.lab_url if _broker is not None else redis_url()
-
-
-def mask_url(url: str) -> str:
-    """``url`` with its password replaced by ``***``, safe to print."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
-
-
-#: What redis-py raises when there is no (working) Redis at the URL: nothing listens,
-#: nothing answers in time, or something that is not Redis answers (an HTTP port, say).
-UNREACHABLE = (redis.ConnectionError, redis.TimeoutError, redis.exceptions.InvalidResponse)
-
-
-def how_to_get_redis(url: str) -> str:
-    """One line: which Redis could not be reached, and how to get one."""
-    return (
-        f"cannot reach Redis at {mask_url(url)}. Start one with `redis-server` "
-        f"(or `python -m lab serve` for the embedded one), or set {URL_ENV} to yours."
-    )
 
 
 def make_client(url: str) -> redis.Redis:
     """A Redis client for ``url``; ``memory://`` gives a new in-process fakeredis server.
 
-    Raises ValueError for a URL that is not ``redis://``, ``rediss://``,
-    ``unix://`` or ``memory://``.
+    Raises BadUrl for a URL that cannot be a Redis URL. Connects lazily.
     """
-    if url == MEMORY_URL:
+    if check_url(url) == MEMORY_URL:
         import fakeredis  # only the embedded broker needs it
 
         return fakeredis.FakeRedis(server=fakeredis.FakeServer())
     # A host that never answers fails in 5 s with a clear line, not after the OS's TCP timeout.
+    # (A `?socket_connect_timeout=` in the URL wins over this.)
     return redis.Redis.from_url(url, socket_connect_timeout=5)
 
 
-class RedisUnreachable(MiddlewareError, BrokerConnectionError):
-    """Raised at worker boot. A MiddlewareError, so Dramatiq lets it through its
-    middleware hooks; a BrokerConnectionError, so the ``dramatiq`` CLI exits with 3."""
+def check_redis(broker: RedisBroker) -> None:
+    """Ask the broker's Redis to answer; raise the Failure that explains why it does not."""
+    try:
+        broker.client.ping()
+    except redis.RedisError as exc:
+        failure = explain(exc, broker.lab_url)
+        if failure is None:
+            raise
+        raise failure from None
+
+
+class RedisUnreachable(Failure, MiddlewareError, BrokerConnectionError):
+    """Raised at an in-process worker's boot. A MiddlewareError, so Dramatiq lets it
+    through its hooks (it logs and swallows anything else there); a Failure, so the
+    lab's commands print its one line and exit with its code."""
 
 
 class RedisReachable(Middleware):
-    """Fail a worker's boot with a clear message when Redis is not there.
+    """Stop a worker at boot, with one clear line, when its Redis does not answer.
 
     Without this, a worker started against a dead Redis boots "fine" and then
     logs a connection error every few seconds, forever.
     """
 
-    def __init__(self, url: str) -> None:
-        self.url = url
+    def after_process_boot(self, broker: RedisBroker) -> None:
+        # Sent only by the `dramatiq` CLI, in each worker process, right after it imports
+        # the broker. Dramatiq would log a BrokerConnectionError with its traceback; one
+        # logged line and SystemExit give the CLI's exit code without it.
+        try:
+            check_redis(broker)
+        except Failure as failure:
+            logging.getLogger("lab").error(redact(failure.line, broker.lab_url))
+            raise SystemExit(failure.exit_code) from None
 
     def before_worker_boot(self, broker: RedisBroker, worker: dramatiq.Worker) -> None:
         try:
-            broker.client.ping()
-        except redis.RedisError:
-            raise RedisUnreachable(how_to_get_redis(self.url)) from None
+            check_redis(broker)
+        except Failure as failure:
+            raise RedisUnreachable(failure.line, failure.exit_code) from None
 
 
-def make_broker(url: str, *, namespace: str = "dramatiq") -> RedisBroker:
+def make_broker(url: str, *, namespace: str = DEFAULT_NAMESPACE) -> RedisBroker:
     """A new RedisBroker on ``url``, with everything the experiments use.
 
     Results and group callbacks keep their data in the same Redis as the
     queues, through the same client, so ``memory://`` stays one server.
+    Raises BadUrl for a URL that cannot be a Redis URL; does not connect.
     """
     client = make_client(url)
     broker = RedisBroker(client=client, namespace=namespace)
@@ -120,8 +97,19 @@ def make_broker(url: str, *, namespace: str = "dramatiq") -> RedisBroker:
     results = RedisResultBackend(client=client, namespace=f"{namespace}-results", use_namespace_prefix_keys=True)
     broker.add_middleware(Results(backend=results))
     broker.add_middleware(GroupCallbacks(RedisRateLimiterBackend(client=client)))
-    broker.add_middleware(RedisReachable(url))
+    broker.add_middleware(RedisReachable())
     broker.lab_url = url  # so status lines and errors can say where the broker is
+    return broker
+
+
+def connect(url: str, *, namespace: str = DEFAULT_NAMESPACE) -> RedisBroker:
+    """A broker on ``url`` whose Redis answers; otherwise the Failure that says why not."""
+    broker = make_broker(url, namespace=namespace)
+    try:
+        check_redis(broker)
+    except Failure:
+        broker.close()
+        raise
     return broker
 
 
@@ -129,6 +117,7 @@ def use_broker(broker: RedisBroker) -> RedisBroker:
     """Make ``broker`` the process's broker, for the lab and for dramatiq."""
     global _broker
     _broker = broker
+    use_url(broker.lab_url)
     dramatiq.set_broker(broker)
     return broker
 
@@ -140,15 +129,17 @@ def setup_broker() -> RedisBroker:
     ``dramatiq.get_broker()`` tries RabbitMQ first and falls back to Redis
     only when pika cannot be imported (Dramatiq issue 483).
 
-    A URL that is not a Redis URL ends the process with one line on stderr
+    A URL that cannot be a Redis URL ends the process with one line on stderr
     and exit code 2, whoever imported the experiment (sender, worker, lab).
+    It does not connect: a sender's first command, or a worker's boot, does.
     """
     if _broker is not None:
         return use_broker(_broker)
     url = redis_url()
     try:
-        broker = make_broker(url)
-    except ValueError as exc:
-        click.echo(f"lab: {URL_ENV}={mask_url(url)!r} is not a Redis URL: {exc}", err=True)
-        sys.exit(EXIT_BAD_CONFIG)
+        broker = make_broker(url, namespace=os.environ.get(NAMESPACE_ENV) or DEFAULT_NAMESPACE)
+    except BadUrl as exc:
+        failure = explain(exc, url)
+        print(f"{os.path.basename(sys.argv[0])}: {failure.line}", file=sys.stderr)
+        sys.exit(failure.exit_code)
     return use_broker(broker)

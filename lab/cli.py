@@ -1,8 +1,9 @@
 """``python -m lab``: the whole lab from one command.
 
-Exit codes (every command): 0 ok; 1 a lesson did not hold (run) or
-purge was declined; 2 bad arguments, unknown experiment or bad URL; 3 Redis
-unreachable; 4 serve cannot listen on its port.
+Exit codes (every command): 0 ok; 1 a lesson did not hold (run) or purge
+was declined; 2 bad arguments, unknown experiment or bad URL; 3 Redis
+unreachable; 4 serve cannot listen on its port; 5 Redis refused the password;
+130 interrupted by Ctrl-C.
 """
 
 from __future__ import annotations
@@ -14,25 +15,33 @@ import uuid
 
 import click
 import redis
+from dramatiq.brokers.redis import RedisBroker
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from . import experiments
-from .broker import (
-    EXIT_UNREACHABLE, MEMORY_URL, URL_ENV, how_to_get_redis, make_broker, mask_url, use_broker,
-)
+from .broker import connect, use_broker
+from .failures import EXIT_FAILED, Group
+from .options import redis_option
+from .purge import purge
 from .scenario import Run, run_scenario
-
-EXIT_LESSON_FAILED = 1
+from .server import serve
+from .status import status
+from .urls import MEMORY_URL, mask_url
 
 out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
 
 
-@click.group(epilog=__doc__.split("\n\n", 1)[1].replace("\n", " "))
+@click.group(cls=Group, epilog=__doc__.split("\n\n", 1)[1].replace("\n", " "))
 def cli() -> None:
     """The Dramatiq learning lab: list, run and inspect the experiments."""
+
+
+cli.add_command(serve)
+cli.add_command(status)
+cli.add_command(purge)
 
 
 @cli.command("list")
@@ -45,38 +54,21 @@ def list_experiments() -> None:
     out.print(table)
 
 
-def connect(url: str, *, namespace: str = "dramatiq"):
-    """A broker on ``url`` that answers, or a clean exit: 2 for a bad URL, 3 if unreachable."""
-    try:
-        broker = make_broker(url, namespace=namespace)
-    except ValueError as exc:
-        raise click.BadParameter(f"{mask_url(url)!r} is not a Redis URL: {exc}", param_hint="--redis") from None
-    try:
-        broker.client.ping()
-    except redis.RedisError:
-        click.echo(f"lab: {how_to_get_redis(url)}", err=True)
-        raise SystemExit(EXIT_UNREACHABLE) from None
-    return broker
-
-
-redis_option = click.option(
-    "--redis", "url", envvar=URL_ENV, default=MEMORY_URL, show_default=True, metavar="URL",
-    help=f"Redis to run on (also ${URL_ENV}); {MEMORY_URL} is the embedded one.",
-)
-
-
 @cli.command()
 @click.argument("experiment", metavar="EXP|all")
-@redis_option
+# The one command whose default is the embedded broker: it runs its worker in this
+# process, so `python -m lab run all` works on a machine with no Redis at all.
+@redis_option(MEMORY_URL)
 @click.option("--json", "as_json", is_flag=True, help="Print the observations as JSON.")
 @click.option("--log", is_flag=True, help="Also show the worker's log (actors' lines, tracebacks) on stderr.")
 def run(experiment: str, url: str, as_json: bool, log: bool) -> None:
-    """Run an experiment's scenario (or all of them) in-process and check its lessons.
+    """Run an experiment's scenario (or all of them) and check its lessons.
 
     A worker starts in this process, the scenario sends its messages and
-    waits for them to settle, then the attempts it observed and each lesson,
-    held or not, are printed. On a real Redis the run uses a namespace of its
-    own, so other workers do not take its messages, and deletes it after.
+    waits for them to settle, then the attempts it observed and each lesson
+    (in README.rst's words), held or not, are printed. On a real Redis the
+    run uses a namespace of its own, so other workers do not take its
+    messages, and deletes its keys after.
     """
     try:
         chosen = experiments.all_experiments() if experiment == "all" else [experiments.find(experiment)]
@@ -91,54 +83,57 @@ def run(experiment: str, url: str, as_json: bool, log: bool) -> None:
     runs: list[Run] = []
     try:
         for index, exp in enumerate(chosen, 1):
+            if not exp.has_scenario:
+                err.print(f"{exp.number} has no scenarios/{exp.name}.py to play; skipped")
+                continue
             with err.status(f"[{index}/{len(chosen)}] {exp.number}: {exp.title} on {mask_url(url)}"):
-                module = experiments.load(exp)
-                if not hasattr(module, "scenario"):
-                    click.echo(f"{exp.number} has no scenario(run) to play; skipped", err=True)
-                    continue
-                runs.append(run_scenario(module, broker))
+                runs.append(run_scenario(exp.name, experiments.load_scenario(exp), broker))
             if not as_json:
                 show(exp, runs[-1])
     finally:
         logging.disable(logging.NOTSET)
         if url != MEMORY_URL:
-            # "<namespace>:*" holds the queues, "<namespace>-results:*" the results.
-            for key in broker.client.scan_iter(f"{namespace}*"):
-                broker.client.delete(key)
+            delete_keys(broker, namespace)
         broker.close()
     if as_json:
         click.echo(json.dumps({"runs": [r.as_dict() for r in runs], "all_held": all(r.all_held for r in runs)},
                               indent=2, default=list))
-    held = sum(lesson.held for r in runs for lesson in r.lessons)
-    total = sum(len(r.lessons) for r in runs)
+    checks = [check for r in runs for check in r.checks]
+    held = sum(check.held is True for check in checks)
+    skipped = sum(check.held is None for check in checks)
     if not as_json:
-        out.print(f"\n{held} of {total} lessons held in {len(runs)} experiment(s).")
-    if held < total:
-        raise SystemExit(EXIT_LESSON_FAILED)
+        out.print(f"\n{held} of {len(checks) - skipped} lessons held in {len(runs)} experiment(s)"
+                  + (f"; {skipped} skipped." if skipped else "."))
+    if not all(r.all_held for r in runs):
+        raise SystemExit(EXIT_FAILED)
+
+
+def delete_keys(broker: RedisBroker, namespace: str) -> None:
+    """Delete the run's keys: "<namespace>:*" holds its queues, "<namespace>-results:*" its results.
+
+    If Redis is gone, say what is left instead of failing a second time.
+    """
+    try:
+        for key in broker.client.scan_iter(f"{namespace}*"):
+            broker.client.delete(key)
+    except redis.RedisError:
+        err.print(f"[dim]cleanup skipped: Redis did not answer; the run's keys ({namespace}*) may remain[/]")
 
 
 def show(exp: experiments.Experiment, run: Run) -> None:
     """Print one run: its attempts in order, then its lessons."""
-    out.rule(f"{exp.number}: {exp.title}")
+    out.rule(exp.title)
     table = Table("actor", "args", "try", "thread", "at (s)", "took (ms)", "outcome", box=None)
     for a in sorted(run.attempts(), key=lambda a: a.started):
         took = "" if a.ended is None else f"{(a.ended - a.started) * 1000:.0f}"
         colour = {"ok": "green", "retried": "yellow", "failed": "red"}.get(a.outcome, "")
         table.add_row(a.actor, escape(", ".join(map(reprlib.repr, a.args))), str(a.number), a.thread,
                       f"{a.started:.3f}", took, f"[{colour}]{a.outcome}[/]" if colour else a.outcome)
-    out.print(table)
-    for lesson in run.lessons:
-        mark = "[green]held[/]    " if lesson.held else "[red]NOT HELD[/]"
-        out.print(f"  {mark} {escape(lesson.text)}")
-        if lesson.evidence:
-            out.print(f"           [dim]{escape(lesson.evidence)}[/]")
-
-
-# Commands from other modules of the package register below.
-from .server import serve  # noqa: E402
-
-cli.add_command(serve)
-from .status import purge, status  # noqa: E402
-
-cli.add_command(status)
-cli.add_command(purge)
+    if run.attempts():
+        out.print(table)
+    for check in run.checks:
+        mark = {True: "[green]held[/]    ", False: "[red]NOT HELD[/]", None: "[yellow]skipped[/] "}[check.held]
+        out.print(f"  {mark} {escape(check.lesson)}")
+        if check.evidence:
+            out.print(f"           [dim]{escape(check.evidence)}[/]")
+        out.print(f"           [dim]pytest {escape(check.test)}[/]", soft_wrap=True)

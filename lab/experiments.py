@@ -1,12 +1,14 @@
-"""Find the experiments: the ``eNN_*.py`` files at the repository root.
+"""Find the experiments: the ``eNN_*.py`` files at the repository root, and their scenarios.
 
-Adding an experiment is adding a file; there is no second list to keep in sync.
+Adding an experiment is adding files (``eNN_name.py``, ``scenarios/eNN_name.py``,
+``tests/test_eNN_name.py``); there is no list to keep in sync.
 """
 
 from __future__ import annotations
 
 import ast
 import importlib
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +32,10 @@ class Experiment:
         """The title without its "Experiment NN: " prefix."""
         return self.title.split(": ", 1)[-1]
 
+    @property
+    def has_scenario(self) -> bool:
+        return (ROOT / "scenarios" / f"{self.name}.py").exists()
+
 
 def _read(path: Path) -> Experiment:
     """Title and goal from a module's docstring, without importing it (no broker needed)."""
@@ -50,18 +56,29 @@ def find(key: str) -> Experiment:
     Raises LookupError when none matches.
     """
     wanted = key.lower().removesuffix(".py")
+    number = re.fullmatch(r"e?([0-9]+)", wanted)  # ASCII digits only: "²".isdigit() is true
     for experiment in all_experiments():
-        number = experiment.number
-        if wanted in (experiment.name, number) or (wanted.isdigit() and int(wanted) == int(number[1:])):
+        if wanted == experiment.name or (number and int(number.group(1)) == int(experiment.number[1:])):
             return experiment
     known = ", ".join(e.number for e in all_experiments())
-    raise LookupError(f"no experiment {key!r} (known: {known})")
+    raise LookupError(f"no experiment {key!r} (known: {known}, or all)")
+
+
+def _import(name: str) -> ModuleType:
+    """Import ``name`` fresh, so that its actors bind to the broker that is current now."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    if name in sys.modules:
+        return importlib.reload(sys.modules[name])
+    return importlib.import_module(name)
 
 
 def load(experiment: Experiment) -> ModuleType:
     """Import the experiment's module fresh, so its actors bind to the current broker."""
-    if str(ROOT) not in sys.path:
-        sys.path.insert(0, str(ROOT))
-    if experiment.name in sys.modules:
-        return importlib.reload(sys.modules[experiment.name])
-    return importlib.import_module(experiment.name)
+    return _import(experiment.name)
+
+
+def load_scenario(experiment: Experiment) -> ModuleType:
+    """Import the experiment, then its scenario (``scenarios/<name>.py``), both fresh."""
+    load(experiment)
+    return _import(f"scenarios.{experiment.name}")

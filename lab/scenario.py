@@ -1,15 +1,14 @@
-"""Scripted runs: record what a worker did, and check lessons against it.
+"""Scripted runs: what ``python -m lab run`` plays, and how it checks the lessons.
 
-An experiment module may define ``scenario(run: lab.Run) -> None``. It sends
-its messages, waits (bounded) for them to settle, and states each lesson with
-``run.lesson(text, held, evidence)``, where ``held`` is computed from what the
-:class:`Recorder` observed in this run. ``python -m lab run`` and the tests
-both use it.
+Each experiment has a scenario, ``scenarios/eNN_name.py``, with a function
+``scenario(run: lab.Run) -> None``. It sends messages, waits (bounded) for them
+to settle, and checks each lesson with ``run.check(test, held, evidence)``:
+``test`` names a test that README.rst cites for that lesson, so the run prints
+the README's words, and ``held`` comes from what the :class:`Recorder` observed.
 """
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -17,147 +16,58 @@ from types import ModuleType
 from typing import Any
 
 import dramatiq
+import redis
 from dramatiq.brokers.redis import RedisBroker
-from dramatiq.middleware import Middleware
+
+from .processes import WorkerProcess
+from .recorder import Attempt, Enqueue, Recorder, wait_until
+from .server import EmbeddedRedis
+from .urls import MEMORY_URL, NAMESPACE_ENV
 
 
-@dataclass
-class Attempt:
-    """One execution of a message by a worker thread."""
+def stop_worker(worker: dramatiq.Worker, timeout_ms: int = 10_000) -> None:
+    """Stop ``worker`` (waiting ``timeout_ms`` at most for its threads) and detach it from its broker.
 
-    actor: str
-    args: tuple
-    kwargs: dict
-    message_id: str
-    number: int  # 1 for the first try, 2 for the first retry, ...
-    thread: str
-    started: float  # seconds since the recorder started
-    ended: float | None = None
-    outcome: str = "running"  # then "ok", "retried", "failed" or "skipped"
-    error: str = ""
+    The bound matters when Redis is gone: a worker thread then retries its ack
+    every 5 s, forever, and ``Worker.stop()`` would wait 10 minutes by default.
+    Connection errors while stopping are ignored: the threads are daemons.
 
-
-@dataclass
-class Enqueue:
-    """One message put on a queue: the first send, a retry, or a delayed hand-over."""
-
-    actor: str
-    args: tuple
-    message_id: str
-    queue: str
-    delay_ms: int | None
-    at: float  # seconds since the recorder started
-
-
-def wait_until(condition: Callable[[], Any], *, timeout: float, interval: float = 0.02) -> bool:
-    """Poll ``condition`` until it is true or ``timeout`` seconds pass; say which."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(interval)
-    return True
-
-
-class Recorder(Middleware):
-    """Middleware that records every attempt and every enqueue it sees in this process.
-
-    Install it with :meth:`install`: it must be the *first* middleware, because
-    Dramatiq runs ``after_*`` hooks in reverse order, and the outcome of an
-    attempt (retried or failed) is only known once Retries has run.
-    """
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.reset()
-
-    def reset(self) -> None:
-        with self.lock:
-            self.origin = time.monotonic()
-            self.attempts: list[Attempt] = []
-            self.enqueues: list[Enqueue] = []
-
-    @classmethod
-    def install(cls, broker: RedisBroker) -> Recorder:
-        """The broker's recorder, added first in its middleware list if it has none."""
-        for middleware in broker.middleware:
-            if isinstance(middleware, cls):
-                return middleware
-        recorder = cls()
-        broker.middleware.insert(0, recorder)
-        return recorder
-
-    def now(self) -> float:
-        return time.monotonic() - self.origin
-
-    def after_enqueue(self, broker, message, delay) -> None:
-        with self.lock:
-            self.enqueues.append(
-                Enqueue(message.actor_name, tuple(message.args), message.message_id,
-                        message.queue_name, delay, self.now())
-            )
-
-    def before_process_message(self, broker, message) -> None:
-        attempt = Attempt(
-            actor=message.actor_name,
-            args=tuple(message.args),
-            kwargs=dict(message.kwargs),
-            message_id=message.message_id,
-            number=message.options.get("retries", 0) + 1,
-            thread=threading.current_thread().name,
-            started=self.now(),
-        )
-        with self.lock:
-            self.attempts.append(attempt)
-        message._lab_attempt = attempt  # read back in the after_* hooks
-
-    def after_process_message(self, broker, message, *, result=None, exception=None) -> None:
-        attempt = getattr(message, "_lab_attempt", None)
-        if attempt is None:
-            return
-        attempt.ended = self.now()
-        if exception is None:
-            attempt.outcome = "ok"
-        else:
-            attempt.outcome = "failed" if message.failed else "retried"
-            attempt.error = f"{type(exception).__name__}: {exception}"
-
-    def after_skip_message(self, broker, message) -> None:
-        attempt = getattr(message, "_lab_attempt", None)
-        if attempt is not None:
-            attempt.ended, attempt.outcome = self.now(), "skipped"
-
-
-def stop_worker(worker: dramatiq.Worker) -> None:
-    """Stop ``worker`` and detach it from its broker.
-
-    ``Worker.stop()`` leaves the worker's own middleware on the broker (Dramatiq
+    ``Worker.stop()`` also leaves the worker's own middleware on the broker (Dramatiq
     2.2). A queue declared later, say by the next experiment imported on the same
     broker, then starts a consumer for the stopped worker, which fetches messages
     that no thread will ever run. Removing that middleware prevents it.
     """
-    worker.stop()
-    worker.broker.middleware[:] = [
-        m for m in worker.broker.middleware if getattr(m, "worker", None) is not worker
-    ]
+    try:
+        worker.stop(timeout=timeout_ms)
+    except redis.RedisError:
+        pass
+    finally:
+        worker.broker.middleware[:] = [
+            m for m in worker.broker.middleware if getattr(m, "worker", None) is not worker
+        ]
 
 
 @dataclass
-class LessonResult:
-    text: str
-    held: bool
+class Check:
+    """One lesson, checked: its words (from README.rst), its test, and what this run saw."""
+
+    test: str  # "tests/<file>.py::<test>", cited by the lesson in README.rst
+    lesson: str  # the lesson's first sentence in README.rst
+    held: bool | None  # None: skipped, with the reason as evidence
     evidence: str = ""
 
 
 @dataclass
 class Run:
-    """What a scenario works with: the broker, what was recorded, the lessons stated."""
+    """What a scenario works with: the broker, what was recorded, the lessons checked."""
 
-    experiment: str
+    experiment: str  # the experiment's module name, e.g. "e02_error_handling"
     broker: RedisBroker
     recorder: Recorder
-    lessons: list[LessonResult] = field(default_factory=list)
+    checks: list[Check] = field(default_factory=list)
     worker: dramatiq.Worker | None = None
+    processes: list[WorkerProcess] = field(default_factory=list)
+    _embedded: EmbeddedRedis | None = None
 
     def start_worker(self, *, threads: int = 2, worker_timeout: int = 100) -> dramatiq.Worker:
         """Start a worker in this process (stopping the one before, if any)."""
@@ -166,27 +76,70 @@ class Run:
         self.worker.start()
         return self.worker
 
-    def stop_worker(self) -> None:
+    def stop_worker(self, timeout_ms: int = 10_000) -> None:
         if self.worker is not None:
-            stop_worker(self.worker)
+            stop_worker(self.worker, timeout_ms)
             self.worker = None
+
+    def shared_url(self) -> str:
+        """A URL other processes can use to reach this run's Redis and its data.
+
+        On ``memory://`` (an in-process fakeredis), that is a TCP server on a free
+        loopback port that serves the same data, started once and stopped with the run.
+        """
+        if self.broker.lab_url != MEMORY_URL:
+            return self.broker.lab_url
+        if self._embedded is None:
+            fake_server = self.broker.client.connection_pool.connection_kwargs["server"]
+            self._embedded = EmbeddedRedis(port=0, fake_server=fake_server).start()
+        return self._embedded.url
+
+    def spawn_worker(self, *args: str, processes: int = 1, ready: bool = True, **env: str) -> WorkerProcess:
+        """A real ``dramatiq --processes N ARGS`` worker on this run's Redis and namespace.
+
+        ``args`` are the CLI's (modules, ``--threads``, ``--queues`` ...); ``env`` is
+        added to its environment (``dramatiq_worker_timeout="100"`` is the default).
+        It is stopped when the run ends, if the scenario did not stop it first.
+        """
+        worker = WorkerProcess(["--processes", str(processes), *args], url=self.shared_url(),
+                               **{NAMESPACE_ENV: self.broker.namespace, "dramatiq_worker_timeout": "100", **env})
+        self.processes.append(worker)
+        if ready:
+            worker.ready(processes)
+        return worker
+
+    def close(self) -> None:
+        """Stop what the run started: its worker, its worker processes, its TCP server."""
+        self.stop_worker()
+        for worker in self.processes:
+            worker.close()
+        if self._embedded is not None:
+            self._embedded.stop()
+            self._embedded = None
 
     def attempts(self, actor: str | None = None, *args: Any) -> list[Attempt]:
         """Recorded attempts, of ``actor`` (and with exactly ``args``, when given)."""
-        with self.recorder.lock:
-            found = list(self.recorder.attempts)
-        return [
-            a for a in found
-            if (actor is None or a.actor == actor) and (not args or a.args == args)
-        ]
+        return self.recorder.attempts_of(actor, *args)
 
     def enqueues(self, actor: str | None = None) -> list[Enqueue]:
-        with self.recorder.lock:
-            return [e for e in self.recorder.enqueues if actor is None or e.actor == actor]
+        return self.recorder.enqueues_of(actor)
 
     def wait_until(self, condition: Callable[[], Any], *, timeout: float) -> bool:
-        """Poll ``condition`` until it is true or ``timeout`` seconds pass; say which."""
-        return wait_until(condition, timeout=timeout)
+        """Poll ``condition`` until it is true or ``timeout`` seconds pass; say which.
+
+        Redis is pinged twice a second meanwhile: if it goes away, the run stops
+        within half a second (redis.ConnectionError), not at the deadline.
+        """
+        pinged = time.monotonic()
+
+        def check() -> Any:
+            nonlocal pinged
+            if time.monotonic() - pinged > 0.5:
+                self.broker.client.ping()
+                pinged = time.monotonic()
+            return condition()
+
+        return wait_until(check, timeout=timeout)
 
     def settle(self, *queue_names: str, timeout: float = 30) -> bool:
         """Wait until the queues hold nothing ready, delayed or in flight (bounded)."""
@@ -197,34 +150,56 @@ class Run:
             return False
         return True
 
-    def lesson(self, text: str, held: bool, evidence: str = "") -> bool:
-        """State a lesson and whether this run's observations bear it out."""
-        self.lessons.append(LessonResult(text, bool(held), evidence))
+    def _test_id(self, test: str) -> str:
+        return test if "::" in test else f"tests/test_{self.experiment}.py::{test}"
+
+    def check(self, test: str, held: bool, evidence: str = "") -> bool:
+        """Check the lesson that README.rst proves with ``test``, from this run's observations.
+
+        ``test`` is a test name in the experiment's own test file, or a full
+        ``tests/<file>.py::<test>``. LookupError if no lesson cites it.
+        """
+        from .lessons import lesson_for  # here: only runs read README.rst
+
+        test = self._test_id(test)
+        self.checks.append(Check(test, lesson_for(test).headline, bool(held), evidence))
         return bool(held)
+
+    def skip(self, test: str, why: str) -> None:
+        """Say that this run cannot check the lesson ``test`` proves, and why."""
+        from .lessons import lesson_for
+
+        test = self._test_id(test)
+        self.checks.append(Check(test, lesson_for(test).headline, None, why))
 
     @property
     def all_held(self) -> bool:
-        return all(lesson.held for lesson in self.lessons)
+        return all(check.held is not False for check in self.checks)
 
     def as_dict(self) -> dict:
         return {
             "experiment": self.experiment,
             "attempts": [asdict(a) for a in self.attempts()],
-            "lessons": [asdict(lesson) for lesson in self.lessons],
+            "lessons": [asdict(check) for check in self.checks],
             "all_held": self.all_held,
         }
 
 
-def run_scenario(module: ModuleType, broker: RedisBroker) -> Run:
-    """Play ``module.scenario`` on ``broker``; the scenario starts the worker it needs.
+def run_scenario(experiment: str, scenario: ModuleType, broker: RedisBroker) -> Run:
+    """Play ``scenario.scenario`` on ``broker``; the scenario starts the worker it needs.
 
-    Whatever happens, the worker is stopped; an exception propagates.
+    Whatever happens, what the run started is stopped (:meth:`Run.close`); an
+    exception propagates. After one (Redis gone, Ctrl-C), the worker gets 1 s to
+    stop, not 10.
     """
     recorder = Recorder.install(broker)
     recorder.reset()
-    run = Run(module.__name__, broker, recorder)
+    run = Run(experiment, broker, recorder)
     try:
-        module.scenario(run)
+        scenario.scenario(run)
+    except BaseException:
+        run.stop_worker(timeout_ms=1000)
+        raise
     finally:
-        run.stop_worker()
+        run.close()
     return run

@@ -1,43 +1,23 @@
-"""What every sender shares: clean failures and one confirmation line.
+"""What the senders share: one confirmation line, an attempt's description, waiting for results.
 
-Use ``@click.command(cls=lab.Command)`` or ``@click.group(cls=lab.Group)``:
-an unreachable Redis then ends the sender with one line on stderr and exit
-code 3 instead of a traceback.
+A sender is a click command or group built with ``cls=lab.Command`` or
+``cls=lab.Group`` (lab/failures.py): its expected failures are then one line
+on stderr and a documented exit code.
 """
 
 from __future__ import annotations
 
+import math
 import threading
 import time
+from typing import Any
 
 import click
 from dramatiq import Message
 from dramatiq.middleware import CurrentMessage
+from dramatiq.results import ResultTimeout
 
-from .broker import EXIT_UNREACHABLE, UNREACHABLE, current_url, how_to_get_redis
-
-EXIT_CODES_HELP = "Exit codes: 0 sent, 2 bad arguments or URL, 3 Redis unreachable."
-
-
-class _CleanFailures:
-    """Turns "Redis is not there" into one line on stderr and exit code 3."""
-
-    def invoke(self, ctx: click.Context):
-        try:
-            return super().invoke(ctx)
-        except UNREACHABLE:
-            click.echo(f"{ctx.find_root().info_name}: {how_to_get_redis(current_url())}", err=True)
-            ctx.exit(EXIT_UNREACHABLE)
-
-
-class Command(_CleanFailures, click.Command):
-    """A click command that fails cleanly when Redis is unreachable."""
-
-
-class Group(_CleanFailures, click.Group):
-    """A click group that fails cleanly when Redis is unreachable, and so do its commands."""
-
-    command_class = Command
+from .failures import EXIT_TIMEOUT, Failure
 
 
 def confirm(message: Message) -> None:
@@ -59,3 +39,20 @@ def describe_attempt() -> str:
     attempt = message.options.get("retries", 0) + 1
     since_sent = time.time() - message.message_timestamp / 1000
     return f"attempt {attempt}, {thread}, {since_sent:.2f} s after it was sent"
+
+
+def wait_for_result(message: Message, deadline: float) -> Any:
+    """The message's result, waiting until ``deadline`` (a ``time.monotonic()`` value) at most.
+
+    The Redis result backend waits whole seconds, rounded down (under 1000 ms, not
+    at all), and redis-py 8 gives up on a socket after 5 s with ``redis.TimeoutError``,
+    not ``ResultTimeout``: so wait in slices of 1 to 4 s. At the deadline, a Failure
+    (exit 4) that says which worker to start. ResultFailure if the message failed for good.
+    """
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            return message.get_result(block=True, timeout=min(math.ceil(left), 4) * 1000)
+        except ResultTimeout:
+            pass
+    raise Failure(f"no result for {message} in time: is a worker for queue {message.queue_name} running?",
+                  EXIT_TIMEOUT)

@@ -30,7 +30,8 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from .broker import DEFAULT_URL, URL_ENV
+from .failures import Failure
+from .urls import DEFAULT_URL, URL_ENV
 
 HOST = "127.0.0.1"  # loopback only: nothing outside this machine can reach it
 DEFAULT_PORT = 6379
@@ -92,14 +93,18 @@ class EmbeddedRedis:
     """fakeredis's TCP server on 127.0.0.1, ready for Dramatiq.
 
     Binding happens in the constructor, so a port in use raises OSError
-    there. ``port=0`` picks a free port; :attr:`url` says which.
+    there. ``port=0`` picks a free port; :attr:`url` says which. Given a
+    ``fake_server``, it serves that one's data: ``python -m lab run`` uses it
+    to let worker processes share its in-process ``memory://`` broker.
     Use it as a context manager, or :meth:`start` and :meth:`stop`.
     """
 
-    def __init__(self, port: int = DEFAULT_PORT, *,
-                 on_error_reply: Callable[[str], None] | None = None) -> None:
+    def __init__(self, port: int = DEFAULT_PORT, *, on_error_reply: Callable[[str], None] | None = None,
+                 fake_server: fakeredis.FakeServer | None = None) -> None:
         self.server = fakeredis.TcpFakeServer((HOST, port))
         self.server.daemon_threads = True  # a stuck client must not keep the process alive
+        if fake_server is not None:  # serve the data of an in-process fakeredis (memory://) over TCP
+            self.server.fake_server = fake_server
         self.server.RequestHandlerClass = _handler_keeping_connections(
             self.server.RequestHandlerClass, self._error_reply
         )
@@ -192,8 +197,7 @@ def serve(port: int) -> None:
     try:
         server = EmbeddedRedis(port, on_error_reply=lambda line: click.echo(line, err=True))
     except OSError as exc:
-        click.echo(f"lab serve: {_why_not_listening(port, exc)}", err=True)
-        raise SystemExit(EXIT_CANNOT_LISTEN) from None
+        raise Failure(_why_not_listening(port, exc), EXIT_CANNOT_LISTEN) from None
 
     stopping = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stopping.set()) for sig in (signal.SIGINT, signal.SIGTERM)}

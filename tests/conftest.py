@@ -5,6 +5,10 @@ fakeredis (the same Lua scripts, in memory) and once on a real
 ``redis-server`` that this file starts on a free port. Without redis-server
 the second run skips, except in CI (``CI=true``), where it fails.
 
+The rule for every test that README.rst cites for a lesson: it fails when the
+lesson becomes false. Assert the value, the order, the count, the log level;
+not only that something happened.
+
 Experiment modules bind their actors to the broker that is current when they
 are imported, so ``load`` imports (or reloads) them after the broker is set.
 """
@@ -12,13 +16,8 @@ are imported, so ``load`` imports (or reloads) them after the broker is set.
 from __future__ import annotations
 
 import os
-import re
-import shutil
-import signal
-import socket
 import subprocess
 import sys
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
@@ -29,54 +28,37 @@ import redis
 
 import lab
 from lab import experiments
+from lab.processes import RedisServer, WorkerProcess, free_port, lab_env  # noqa: F401 (re-exported for tests)
+from lab.server import EmbeddedRedis
 
 ROOT = experiments.ROOT
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def need_redis_server() -> None:
+    """Skip the test when redis-server is not installed; in CI, fail it instead."""
+    try:
+        RedisServer.executable_path()
+    except FileNotFoundError as exc:
+        if IN_CI:
+            pytest.fail(str(exc))
+        pytest.skip(str(exc))
 
 
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[str]:
     """A real redis-server on a free loopback port, persistence off; yields its URL."""
-    executable = shutil.which("redis-server")
-    if executable is None:
-        message = "redis-server is not installed (apt-get install redis-server)"
-        if IN_CI:
-            pytest.fail(message)
-        pytest.skip(message)
-    port = free_port()
-    process = subprocess.Popen(
-        [executable, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    url = f"redis://127.0.0.1:{port}/0"
-    client = redis.Redis.from_url(url)
-
-    def answers() -> bool:
-        try:
-            return client.ping()
-        except redis.ConnectionError:
-            return False
-
-    try:
-        if not lab.wait_until(answers, timeout=10):
-            pytest.fail(f"redis-server did not answer on port {port} within 10 s")
-        yield url
-    finally:
-        client.close()
-        process.terminate()
-        process.wait(timeout=10)
+    need_redis_server()
+    with RedisServer() as server:
+        yield server.url
 
 
 @pytest.fixture
 def real_redis_url(redis_server: str) -> str:
     """The real server's URL, emptied for this test."""
-    redis.Redis.from_url(redis_server).flushall()
+    client = redis.Redis.from_url(redis_server)
+    client.flushall()
+    client.close()
     return redis_server
 
 
@@ -86,6 +68,17 @@ def broker_url(request: pytest.FixtureRequest) -> str:
     if request.param == "fakeredis":
         return lab.MEMORY_URL
     return request.getfixturevalue("real_redis_url")
+
+
+@pytest.fixture(params=["embedded", "redis"])
+def server_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    """A Redis other processes can reach: the embedded server of ``python -m lab serve``
+    (fakeredis over TCP, in a thread of this process), then the real redis-server (emptied)."""
+    if request.param == "redis":
+        yield request.getfixturevalue("real_redis_url")
+        return
+    with EmbeddedRedis(port=0) as server:
+        yield server.url
 
 
 @pytest.fixture
@@ -127,70 +120,35 @@ def load(broker) -> Callable[[str], ModuleType]:
 # -- subprocesses: the real `dramatiq` CLI and the senders, run as a user would ------------
 
 
-def lab_env(url: str, **extra: str) -> dict[str, str]:
-    """The environment for a subprocess of the lab pointed at ``url``."""
-    env = dict(os.environ, PYTHONUNBUFFERED="1", **extra)
-    env[lab.URL_ENV] = url
-    return env
-
-
-class WorkerProcess:
-    """A ``dramatiq`` CLI process whose combined output is read from a file."""
-
-    def __init__(self, args: list[str], env: dict[str, str], cwd: Path) -> None:
-        self.log = tempfile.NamedTemporaryFile("w+", suffix=".log", delete=False)
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "dramatiq", *args], cwd=cwd, env=env,
-            stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-
-    @property
-    def output(self) -> str:
-        return Path(self.log.name).read_text(errors="replace")
-
-    def wait_for(self, pattern: str, *, timeout: float = 15, count: int = 1) -> str:
-        """Wait until ``pattern`` (a regex) appears ``count`` times in the output; return the output."""
-        found = lab.wait_until(lambda: len(re.findall(pattern, self.output)) >= count, timeout=timeout)
-        assert found, f"no {pattern!r} x{count} in {timeout} s; worker output:\n{self.output}"
-        return self.output
-
-    def stop(self, timeout: float = 15) -> int:
-        """SIGTERM, as Ctrl-C or a process manager would; return the exit code."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
-        return self.process.returncode
-
-
 @pytest.fixture
-def dramatiq_worker(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
-    """Start the real ``dramatiq`` CLI (``--processes 1``); every one is stopped at teardown."""
+def dramatiq_worker() -> Iterator[Callable[..., WorkerProcess]]:
+    """Start the real ``dramatiq`` CLI (``--processes 1`` unless told); every one is stopped at teardown.
+
+    Its worker_timeout is 100 ms (``dramatiq_worker_timeout``), so it notices new work quickly.
+    """
     started: list[WorkerProcess] = []
 
-    def start(*args: str, url: str, cwd: Path = ROOT, ready: bool = True) -> WorkerProcess:
-        worker = WorkerProcess(["--processes", "1", *args], lab_env(url, dramatiq_worker_timeout="100"), cwd)
+    def start(*args: str, url: str, cwd: Path = ROOT, ready: bool = True, processes: int = 1,
+              **env: str) -> WorkerProcess:
+        worker = WorkerProcess(["--processes", str(processes), *args], url=url, cwd=cwd,
+                               **{"dramatiq_worker_timeout": "100", **env})
         started.append(worker)
         if ready:
-            worker.wait_for("Worker process is ready for action")
+            worker.ready(processes)
         return worker
 
     yield start
     for worker in started:
-        worker.stop()
-        os.unlink(worker.log.name)
+        worker.close()
 
 
 @pytest.fixture
 def sender() -> Callable[..., subprocess.CompletedProcess]:
     """Run ``python <script> <args>`` from the repository root, as a user would."""
 
-    def run(script: str, *args: str, url: str, timeout: float = 30) -> subprocess.CompletedProcess:
+    def run(script: str, *args: str, url: str, timeout: float = 30, **env: str) -> subprocess.CompletedProcess:
         return subprocess.run(
-            [sys.executable, script, *args], cwd=ROOT, env=lab_env(url),
+            [sys.executable, script, *args], cwd=ROOT, env=lab_env(url, **env),
             capture_output=True, text=True, timeout=timeout,
         )
 

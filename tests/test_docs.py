@@ -1,16 +1,23 @@
-"""README.rst is part of the product: it renders cleanly, and every test it cites exists."""
+"""README.rst is part of the product: it renders cleanly, its citations hold, its lessons are checked."""
 
 from __future__ import annotations
 
 import ast
 import io
 import re
+from functools import cache
+from pathlib import Path
 
 import docutils.core
-
 from conftest import ROOT
 
+from lab import experiments
+from lab.lessons import CITATION, citations, lessons
+
 README = (ROOT / "README.rst").read_text(encoding="utf-8")
+BOTH = {"broker_url", "server_url"}  # fixtures parametrized over fakeredis (or the embedded server) and redis
+REAL = {"real_redis_url", "redis_server"}
+MARK = re.compile(r"``\s*\[(redis-server|fakeredis|embedded server|no Redis)\]")
 
 
 def test_readme_renders_without_warnings():
@@ -19,22 +26,107 @@ def test_readme_renders_without_warnings():
     assert warnings.getvalue() == ""
 
 
-def cited_tests() -> list[tuple[str, str]]:
-    """(file, test) for every ``tests/x.py::test_y`` and following ``::test_z`` in README.rst."""
-    cited, current = [], None
-    for path, name in re.findall(r"``(tests/[\w/]+\.py)?::(test_\w+)``", README):
-        current = path or current
-        cited.append((current, name))
-    return cited
+def test_readme_has_no_placeholder_left():
+    assert re.findall(r"XXX[-\w]*|TODO|TBD", README) == []
+
+
+@cache
+def functions(path: Path) -> dict[str, ast.FunctionDef]:
+    """Every function of a test file and of conftest.py, by name (the file's own win)."""
+    found = {}
+    for source in (ROOT / "tests" / "conftest.py", path):
+        for node in ast.walk(ast.parse(source.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.FunctionDef):
+                found[node.name] = node
+    return found
+
+
+def fixtures_reached(path: Path, name: str, seen: set[str] | None = None) -> set[str]:
+    """The fixtures a test (or fixture) asks for, directly or through other fixtures."""
+    seen = set() if seen is None else seen
+    node = functions(path).get(name)
+    if node is None or name in seen:
+        return seen
+    seen.add(name)
+    asked = [a.arg for a in node.args.args]
+    asked += re.findall(r"getfixturevalue\(\"(\w+)\"\)", ast.unparse(node))
+    for fixture in asked:
+        fixtures_reached(path, fixture, seen)
+        seen.add(fixture)
+    return seen
+
+
+def runs_on(path: Path, name: str) -> str:
+    """"both", "redis-server" or "one" (fakeredis, the embedded server, or no Redis)."""
+    reached = fixtures_reached(path, name)
+    if reached & BOTH:
+        return "both"
+    bodies = [ast.unparse(functions(path)[f]) for f in reached if f in functions(path)]
+    if reached & REAL or any("need_redis_server(" in body for body in bodies):
+        return "redis-server"
+    return "one"
+
+
+def all_citations() -> list[tuple[str, str | None]]:
+    """(``tests/<file>.py::<test>``, its mark or None) for every citation in README.rst."""
+    found, current = [], None
+    for match in CITATION.finditer(README):
+        current = match.group(1) or current
+        mark = MARK.match(README, match.end())
+        found.append((f"{current}::{match.group(2)}", mark.group(1) if mark else None))
+    return found
 
 
 def test_every_cited_test_exists():
-    cited = cited_tests()
-    assert len(cited) > 20
-    missing = []
-    for path, name in cited:
-        tree = ast.parse((ROOT / path).read_text(encoding="utf-8"))
-        defined = {node.name for node in ast.walk(tree) if isinstance(node, ast.FunctionDef)}
-        if name not in defined:
-            missing.append(f"{path}::{name}")
+    cited = all_citations()
+    assert len(cited) > 100
+    missing = [test for test, _ in cited if test.split("::")[1] not in functions(ROOT / test.split("::")[0])]
     assert missing == []
+
+
+def test_every_unmarked_citation_runs_on_both_brokers():
+    wrong = []
+    for test, mark in all_citations():
+        path, name = test.split("::")
+        where = runs_on(ROOT / path, name)
+        expected = {"both": [None], "redis-server": ["redis-server"],
+                    "one": ["fakeredis", "embedded server", "no Redis"]}[where]
+        if mark not in expected:
+            wrong.append(f"{test}: marked {mark or 'nothing'}, runs on {where}")
+    assert wrong == []
+
+
+def scenario_checks(name: str) -> list[str]:
+    """The tests that ``scenarios/<name>.py`` names in its run.check() and run.skip() calls."""
+    tree = ast.parse((ROOT / "scenarios" / f"{name}.py").read_text(encoding="utf-8"))
+    tests = []
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                and node.func.attr in ("check", "skip") and node.args
+                and isinstance(node.args[0], ast.Constant)):
+            test = node.args[0].value
+            tests.append(test if "::" in test else f"tests/test_{name}.py::{test}")
+    return tests
+
+
+def test_every_scenario_check_points_at_a_lesson_of_its_own_experiment():
+    sections = {test: lesson.section for lesson in lessons() for test in lesson.tests}
+    wrong = []
+    for experiment in experiments.all_experiments():
+        checks = scenario_checks(experiment.name)
+        assert checks, f"scenarios/{experiment.name}.py checks no lesson"
+        for test in checks:
+            if not sections.get(test, "").startswith(experiment.title):
+                wrong.append(f"{experiment.name}: {test} is cited by {sections.get(test, 'no lesson')!r}")
+    assert wrong == []
+
+
+def test_every_lesson_names_a_test_and_starts_with_a_sentence_of_its_own():
+    for lesson in lessons():
+        assert lesson.tests, f"a lesson with no test: {lesson.text[:80]}"
+        assert len(lesson.headline) >= 30, f"too short to stand alone in `lab run`: {lesson.headline!r}"
+
+
+def test_citations_resolve_continuations_to_the_file_before():
+    assert citations("(``tests/a.py::test_x``, ``::test_y``, ``tests/b.py::test_z``)") == [
+        "tests/a.py::test_x", "tests/a.py::test_y", "tests/b.py::test_z"]

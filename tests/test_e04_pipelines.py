@@ -13,8 +13,9 @@ import dramatiq
 import pytest
 import redis
 from click.testing import CliRunner
+from dramatiq.brokers.stub import StubBroker
 from dramatiq.middleware import GroupCallbacks
-from dramatiq.results import ResultFailure, ResultMissing, ResultTimeout, Results
+from dramatiq.results import ResultFailure, ResultMissing, Results, ResultTimeout
 from dramatiq.results.backends import RedisBackend
 
 import lab
@@ -47,11 +48,11 @@ def args_of(recorder, actor: str) -> list[tuple]:
 
 
 def test_each_step_gets_the_previous_result_as_its_last_argument(e04, worker, recorder):
-    pipe = dramatiq.pipeline([e04.add.message(3, 1), e04.double.message(), e04.square.message()]).run()
+    pipe = dramatiq.pipeline([e04.add.message(3, 1), e04.double.message(), e04.power.message(2)]).run()
 
-    assert pipe.get_result(block=True, timeout=WAIT_MS) == 64
+    assert pipe.get_result(block=True, timeout=WAIT_MS) == 256  # power(2, 8); first would be power(8, 2) = 64
     assert args_of(recorder, "double") == [(4,)]
-    assert args_of(recorder, "square") == [(8,)]
+    assert args_of(recorder, "power") == [(2, 8)]
 
 
 def test_pipe_ignore_keeps_the_previous_result_out_of_the_arguments(e04, worker, recorder):
@@ -60,6 +61,16 @@ def test_pipe_ignore_keeps_the_previous_result_out_of_the_arguments(e04, worker,
     pipe = (e04.add.message(1, 2) | receiving).run()
 
     assert pipe.get_result(block=True, timeout=WAIT_MS) == 30
+    assert args_of(recorder, "add") == [(1, 2), (10, 20)]
+
+
+def test_an_actors_pipe_ignore_is_read_from_the_actor_that_sent_the_result(e04, worker, recorder):
+    # stamp is declared with pipe_ignore=True. Between two steps, it still receives add's result,
+    # and it is stamp's own result that the next step does not receive.
+    pipe = (e04.add.message(1, 2) | e04.stamp.message("got") | e04.add.message(10, 20)).run()
+
+    assert pipe.get_result(block=True, timeout=WAIT_MS) == 30
+    assert args_of(recorder, "stamp") == [("got", 3)]
     assert args_of(recorder, "add") == [(1, 2), (10, 20)]
 
 
@@ -72,10 +83,10 @@ def test_a_step_that_fails_for_good_stops_the_pipeline(e04, worker, broker, reco
 
 
 def test_the_pipeline_result_is_the_last_steps_result(e04, worker):
-    pipe = (e04.add.message(3, 1) | e04.double.message() | e04.square.message()).run()
+    pipe = (e04.add.message(3, 1) | e04.double.message() | e04.power.message(2)).run()
 
-    assert pipe.get_result(block=True, timeout=WAIT_MS) == 64
-    assert list(pipe.get_results()) == [4, 8, 64]  # every step's, when each stores results
+    assert pipe.get_result(block=True, timeout=WAIT_MS) == 256
+    assert list(pipe.get_results()) == [4, 8, 256]  # every step's, when each stores results
 
 
 def test_a_pipeline_cannot_contain_a_group(e04):
@@ -121,6 +132,10 @@ def test_the_completion_callback_never_runs_when_a_member_fails_for_good(e04, wo
     assert sorted((a.args, a.outcome) for a in recorder.attempts if a.actor == "square") == [
         ((1,), "ok"), ((2,), "failed"), ((3,), "ok")]
     assert [e for e in recorder.enqueues if e.actor == "group_done"] == []
+    results = fan_out.get_results()
+    assert next(results) == 1
+    with pytest.raises(ResultFailure):
+        next(results)  # member 2: get_results stops here, member 3's result is never read
 
 
 def test_waiting_on_a_group_inside_an_actor_deadlocks_the_only_thread(e04, start_worker, recorder):
@@ -190,6 +205,13 @@ def test_the_results_middleware_needs_a_backend_since_dramatiq_2():
         Results()  # a required keyword argument since Dramatiq 2.0 (pull request 728)
 
 
+def test_store_results_without_the_results_middleware_fails_at_declaration():
+    bare = StubBroker()  # Dramatiq's default middleware: no Results
+
+    with pytest.raises(ValueError, match="The following actor options are undefined: store_results"):
+        dramatiq.actor(lambda: 1, actor_name="keeps", store_results=True, broker=bare)
+
+
 def test_a_group_barrier_lives_a_day_by_default(broker):
     [callbacks] = [m for m in broker.middleware if isinstance(m, GroupCallbacks)]
 
@@ -207,15 +229,18 @@ def test_a_stored_result_expires_after_ten_minutes_by_default(e04, worker, broke
 # -- the sender ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("args", [
-    ["pipeline", "x"], ["pipeline", "-1"], ["group", "0"], ["group", "3", "--fail", "4"],
-    ["group", "3", "--timeout", "0"],
+@pytest.mark.parametrize(("args", "says"), [
+    (["pipeline", "x"], "Invalid value for 'N': 'x' is not a valid integer range."),
+    (["pipeline", "-1"], "Invalid value for 'N': -1 is not in the range 0<=x<=1000000."),
+    (["group", "0"], "Invalid value for 'N': 0 is not in the range 1<=x<=1000."),
+    (["group", "3", "--fail", "4"], "Invalid value for --fail: 4 is not a member of a group of 3"),
+    (["group", "3", "--timeout", "0"], "Invalid value for '--timeout': 0 is not in the range 1<=x<=3600."),
 ])
-def test_bad_input_is_a_usage_error_with_exit_code_2(e04, args):
+def test_bad_input_is_a_one_line_usage_error_with_exit_code_2(e04, args, says):
     result = CliRunner().invoke(e04.main, args)
 
     assert result.exit_code == 2, result.output
-    assert "Usage:" in result.output
+    assert result.output.count("\n") == 1 and says in result.output, result.output
 
 
 @pytest.mark.parametrize("error", [redis.ConnectionError, redis.TimeoutError])
@@ -242,11 +267,13 @@ def test_senders_report_results_and_failures_from_the_dramatiq_cli_worker(dramat
     assert "completion callback: all 5 members succeeded" in group.stdout
     pipe = sender("e04_pipelines.py", "pipeline", "3", url=real_redis_url)
     assert pipe.returncode == 0, pipe.stderr
-    assert "step results: 4, 8, 64; pipeline result: 64" in pipe.stdout
+    assert "step results: 4, 8, 256; pipeline result: 256" in pipe.stdout
     failed = sender("e04_pipelines.py", "group", "5", "--fail", "2", url=real_redis_url)
     assert failed.returncode == 1
-    assert "member 2, square(2, fail=True), failed for good" in failed.stderr
-    assert "group_done never fired" in failed.stderr
+    assert failed.stderr.splitlines() == [
+        "e04_pipelines.py: member 2, square(2, fail=True), failed for good: actor raised ValueError: square(2) "
+        "was told to fail; the completion callback group_done never fired: a failed member never counts down "
+        "the group's barrier"]
 
 
 @pytest.mark.e2e
@@ -255,4 +282,4 @@ def test_sender_without_a_worker_times_out_with_exit_code_4(sender, real_redis_u
 
     assert result.returncode == 4
     assert result.stderr.splitlines() == [
-        "e04: no result within 1 s; is a worker running?  dramatiq e04_pipelines"]
+        "e04_pipelines.py: no result for add(3, 1) in time: is a worker for queue e04 running?"]

@@ -21,10 +21,10 @@ import fakeredis
 import pytest
 import redis
 from click.testing import CliRunner
+from conftest import ROOT, free_port, lab_env
 from dramatiq.brokers.redis import RedisBroker
 
 import lab
-from conftest import ROOT, free_port, lab_env
 from lab.cli import cli
 from lab.server import EXIT_CANNOT_LISTEN, EmbeddedRedis
 
@@ -141,9 +141,9 @@ def test_serve_on_a_port_in_use_says_so_in_one_line_and_exits_4():
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        result = CliRunner().invoke(cli, ["serve", "--port", str(port)])
+        result = CliRunner().invoke(cli, ["serve", "--port", str(port)], prog_name="python -m lab")
     assert result.exit_code == EXIT_CANNOT_LISTEN == 4
-    assert result.output == f"lab serve: port {port} on 127.0.0.1 is in use by another program; " \
+    assert result.output == f"python -m lab: port {port} on 127.0.0.1 is in use by another program; " \
                             "pick another port with --port N\n"
 
 

@@ -19,25 +19,16 @@ from collections.abc import Iterator
 
 import dramatiq
 import pytest
+import redis
 from click.testing import CliRunner, Result
+from conftest import free_port
 
 import lab
-from conftest import free_port
 from lab.cli import cli
-from lab.server import EmbeddedRedis
+from lab.failures import how_to_get_redis
 from lab.status import read_snapshot
 
 QUEUE = "t_status"
-
-
-@pytest.fixture(params=["embedded", "redis"])
-def server_url(request: pytest.FixtureRequest) -> Iterator[str]:
-    """The URL of `python -m lab serve`'s server, then of a real redis-server (emptied)."""
-    if request.param == "redis":
-        yield request.getfixturevalue("real_redis_url")
-        return
-    with EmbeddedRedis(port=0) as server:
-        yield server.url
 
 
 def next_message(consumer) -> dramatiq.MessageProxy:
@@ -74,7 +65,7 @@ def state(server_url: str) -> Iterator[State]:
 
 
 def lab_cli(*args: str, input: str | None = None) -> Result:
-    return CliRunner().invoke(cli, list(args), input=input)
+    return CliRunner().invoke(cli, list(args), input=input, prog_name="python -m lab")
 
 
 def status_json(url: str) -> dict:
@@ -84,7 +75,8 @@ def status_json(url: str) -> dict:
 
 
 def counts(report: dict, queue: str = QUEUE) -> dict:
-    return next({k: v for k, v in q.items() if k != "name"} for q in report["queues"] if q["name"] == queue)
+    return next({k: v for k, v in q.items() if k not in ("name", "held_delayed")}
+                for q in report["queues"] if q["name"] == queue)
 
 
 # -- status -------------------------------------------------------------------------------
@@ -94,10 +86,32 @@ def test_status_counts_ready_delayed_in_flight_and_dead_per_queue(state, server_
     assert counts(status_json(server_url)) == {"ready": 1, "delayed": 1, "in_flight": 1, "dead": 1}
 
 
+def test_in_flight_is_the_sum_of_every_acks_set_and_held_delayed_are_apart(server_url):
+    # Given two workers (two broker ids) that each fetched one message of the queue, and a
+    # third that holds a delayed message in memory (its __acks__.<id>.<q>.DQ set)
+    brokers = [lab.make_broker(server_url) for _ in range(3)]
+    jobs = [dramatiq.actor(lambda: None, actor_name="job", queue_name=QUEUE, broker=b) for b in brokers]
+    for _ in range(3):
+        jobs[0].send()
+    jobs[0].send_with_options(delay=60_000)
+    consumers = [brokers[0].consume(QUEUE, prefetch=1, timeout=20), brokers[1].consume(QUEUE, prefetch=1, timeout=20),
+                 brokers[2].consume(f"{QUEUE}.DQ", prefetch=1, timeout=20)]
+    try:
+        for consumer in consumers:
+            next_message(consumer)
+        # then in flight counts both workers' sets, and the held delayed message stays delayed
+        [queue] = [q for q in status_json(server_url)["queues"] if q["name"] == QUEUE]
+        assert queue == {"name": QUEUE, "ready": 1, "delayed": 1, "in_flight": 2, "dead": 0, "held_delayed": 1}
+    finally:
+        for consumer, broker in zip(consumers, brokers, strict=True):
+            consumer.close()
+            broker.close()
+
+
 def test_status_lists_the_experiments_queues_even_without_keys(state, server_url):
     queues = {q["name"]: q for q in status_json(server_url)["queues"]}
     assert {"e01", "e02", QUEUE} <= set(queues)
-    assert queues["e01"] == {"name": "e01", "ready": 0, "delayed": 0, "in_flight": 0, "dead": 0}
+    assert queues["e01"] == {"name": "e01", "ready": 0, "delayed": 0, "in_flight": 0, "dead": 0, "held_delayed": 0}
 
 
 def test_status_counts_a_worker_alive_from_its_heartbeat_and_not_a_stale_one(state, server_url):
@@ -107,6 +121,20 @@ def test_status_counts_a_worker_alive_from_its_heartbeat_and_not_a_stale_one(sta
     alive = {h["broker_id"]: h["holding"] for h in report["heartbeats"] if h["alive"]}
     assert alive == {state.broker.broker_id: 1} and report["workers_alive"] == 1
     assert "gone-worker" in {h["broker_id"] for h in report["heartbeats"] if not h["alive"]}
+
+
+def test_a_heartbeat_counts_as_alive_for_60_seconds_by_default(server_url):
+    # Given three processes last seen 30, 59 and 61 s ago
+    now_ms = int(time.time() * 1000)
+    client = redis.Redis.from_url(server_url)
+    client.zadd("dramatiq:__heartbeats__", {"seen-30s-ago": now_ms - 30_000, "seen-59s-ago": now_ms - 59_000,
+                                            "seen-61s-ago": now_ms - 61_000})
+    client.close()
+    report = status_json(server_url)
+    # then the two within the default heartbeat_timeout (60 s) are alive, the third is not
+    assert report["heartbeat_timeout_ms"] == 60_000
+    assert {h["broker_id"]: h["alive"] for h in report["heartbeats"]} == {
+        "seen-30s-ago": True, "seen-59s-ago": True, "seen-61s-ago": False}
 
 
 def test_a_sender_shows_up_in_the_heartbeats_too(server_url):
@@ -191,6 +219,28 @@ def test_purge_with_dead_letters_removes_them_too(state, server_url):
     assert counts(status_json(server_url)) == {"ready": 0, "delayed": 0, "in_flight": 1, "dead": 0}
 
 
+def test_purge_says_when_a_worker_already_holds_a_delayed_message_which_still_runs(server_url):
+    # Given a worker that has taken a delayed message (due in 500 ms) into memory
+    broker = lab.make_broker(server_url)
+    recorder = lab.Recorder.install(broker)
+    job = dramatiq.actor(lambda: None, actor_name="job", queue_name=QUEUE, broker=broker)
+    worker = dramatiq.Worker(broker, worker_threads=1, worker_timeout=50)
+    worker.start()
+    try:
+        job.send_with_options(delay=500)
+        assert lab.wait_until(lambda: broker.client.llen(f"dramatiq:{QUEUE}.DQ") == 0, timeout=5)
+        # when the queue is purged
+        result = lab_cli("purge", QUEUE, "--redis", server_url, "--yes")
+        # then purge counts it as removed, says a worker still holds it, and the worker still runs it
+        assert result.exit_code == 0, result.output
+        assert result.output.startswith(f"Removed 1 message(s) from {QUEUE}: 0 ready, 1 delayed. 1 of the "
+                                        "delayed were already held in memory by a worker, which will still run")
+        assert lab.wait_until(lambda: [a.outcome for a in recorder.attempts] == ["ok"], timeout=5)
+    finally:
+        lab.stop_worker(worker)
+        broker.close()
+
+
 def test_purge_asks_first_and_no_removes_nothing(state, server_url):
     result = lab_cli("purge", QUEUE, "--redis", server_url, input="n\n")
     assert result.exit_code == 1
@@ -213,7 +263,8 @@ COMMANDS = [pytest.param(["status"], id="status"), pytest.param(["purge", "e01",
 def test_a_url_that_is_not_redis_is_a_usage_error(command):
     result = lab_cli(*command, "--redis", "http://localhost:6379")
     assert result.exit_code == 2
-    assert "Invalid value for --redis: 'http://localhost:6379' is not a Redis URL" in result.output
+    assert result.output == ("python -m lab: 'http://localhost:6379' is not a valid Redis URL (DRAMATIQ_REDIS_URL "
+                             "or --redis): it must start with redis://, rediss:// or unix:// (or be memory://)\n")
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -228,7 +279,7 @@ def test_an_unreachable_redis_gets_one_line_and_exit_3(command):
     url = f"redis://127.0.0.1:{free_port()}/0"
     result = lab_cli(*command, "--redis", url)
     assert result.exit_code == 3
-    assert result.output == f"lab: {lab.broker.how_to_get_redis(url)}\n"
+    assert result.output == f"python -m lab: {how_to_get_redis(url)}\n"
 
 
 def test_status_defaults_to_dramatiq_redis_url(monkeypatch, server_url):

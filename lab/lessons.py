@@ -1,0 +1,86 @@
+"""The lessons, read from README.rst: the one place their words are kept.
+
+A lesson is a bullet under a "Lessons" heading of README.rst. It names the
+tests that prove it: ``tests/test_e02_error_handling.py::test_x``, then
+``::test_y`` for another test of the same file. A scenario's check points at
+a lesson through one of those tests, so ``python -m lab run`` prints the
+README's words next to what this run observed, and the two cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+import docutils.core
+import docutils.nodes
+
+README = Path(__file__).resolve().parent.parent / "README.rst"
+CITATION = re.compile(r"(tests/[\w/]+\.py)?::(test_\w+)")
+
+
+def citations(text: str) -> list[str]:
+    """``tests/<file>.py::<test>`` for every test cited in ``text``; ``::test_y`` is of the file before."""
+    cited, current = [], None
+    for path, name in CITATION.findall(text):
+        current = path or current
+        if current is not None:
+            cited.append(f"{current}::{name}")
+    return cited
+
+
+@dataclass(frozen=True)
+class Lesson:
+    """One bullet of a "Lessons" section."""
+
+    section: str  # the title of the section it belongs to, e.g. "Experiment 02: error handling"
+    text: str  # the bullet's text, citations left out, on one line
+    tests: tuple[str, ...]  # the tests it cites, "tests/<file>.py::<test>"
+
+    @property
+    def headline(self) -> str:
+        """The bullet's first sentence: what ``python -m lab run`` prints."""
+        return re.split(r"(?<=[.!?])\s+(?=[A-Z`*\"(])", self.text, maxsplit=1)[0]
+
+
+def _without_citations(text: str) -> str:
+    """``text`` without the parentheses that cite tests, on one line."""
+    text = re.sub(r"\s*\((?:[^()]|\([^()]*\))*::test_\w+(?:[^()]|\([^()]*\))*\)", "", text)
+    return re.sub(r"\s+", " ", text).strip()
+
+
+def _section_title(node: docutils.nodes.Node) -> str:
+    while node is not None and not isinstance(node, docutils.nodes.section):
+        node = node.parent
+    return "" if node is None else node[0].astext()
+
+
+@cache
+def lessons(readme: Path = README) -> tuple[Lesson, ...]:
+    """Every lesson in ``readme``, in the order they appear."""
+    tree = docutils.core.publish_doctree(
+        readme.read_text(encoding="utf-8"), settings_overrides={"warning_stream": io.StringIO()})
+    found = []
+    for section in tree.findall(docutils.nodes.section):
+        if section[0].astext() != "Lessons":
+            continue
+        parent = _section_title(section.parent)
+        for bullets in section.findall(docutils.nodes.bullet_list):
+            if _section_title(bullets) != "Lessons":
+                continue
+            for item in bullets.children:
+                if isinstance(item, docutils.nodes.list_item) and item.parent is bullets:
+                    text = item.astext()
+                    found.append(Lesson(parent, _without_citations(text), tuple(citations(text))))
+    return tuple(found)
+
+
+def lesson_for(test: str) -> Lesson:
+    """The lesson that cites ``test`` (``tests/<file>.py::<test>``). LookupError if none does."""
+    for lesson in lessons():
+        if test in lesson.tests:
+            return lesson
+    raise LookupError(f"no lesson in README.rst cites {test}")

@@ -1,0 +1,36 @@
+"""Command-line options and argument types that several commands share."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from .urls import URL_ENV, redis_url
+
+#: The longest delay the lab lets you send: RedisBroker.enqueue documents "less than 7 days".
+MAX_DELAY_MS = 7 * 24 * 3600 * 1000
+
+
+def redis_option(default: str) -> Any:
+    """``--redis URL``, defaulting to ``$DRAMATIQ_REDIS_URL``, then to ``default``."""
+    return click.option(
+        "--redis", "url", default=lambda: redis_url(default), metavar="URL",
+        show_default=f"${URL_ENV}, else {default}", help="The Redis to use.",
+    )
+
+
+class Milliseconds(click.IntRange):
+    """Whole milliseconds, 0 to ``maximum`` (7 days unless told), with a message that says the unit."""
+
+    name = "integer"
+
+    def __init__(self, maximum: int = MAX_DELAY_MS) -> None:
+        super().__init__(0, maximum)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        try:
+            return super().convert(value, param, ctx)
+        except click.BadParameter as exc:
+            self.fail(f"{exc.message} A delay is whole milliseconds from now, 0 to {self.max} "
+                      f"({self.max / 86_400_000:g} days at most).", param, ctx)

@@ -1,0 +1,115 @@
+"""Where Redis is: the lab's one setting, read in one place, checked, and safe to print."""
+
+from __future__ import annotations
+
+import os
+import re
+from urllib.parse import unquote, urlsplit
+
+import redis
+
+#: The only configuration: where Redis is.
+URL_ENV = "DRAMATIQ_REDIS_URL"
+DEFAULT_URL = "redis://localhost:6379/0"
+#: This value gives an in-process fakeredis server instead of a network Redis.
+MEMORY_URL = "memory://"
+
+SCHEMES = ("redis", "rediss", "unix")
+
+#: Not a setting for learners: ``python -m lab run`` sets it for the worker processes it
+#: starts, so that they use the run's own namespace (its keys) on a shared Redis.
+NAMESPACE_ENV = "LAB_NAMESPACE"
+DEFAULT_NAMESPACE = "dramatiq"
+
+
+class BadUrl(ValueError):
+    """A Redis URL that cannot work, whatever is listening: the reason, without the password."""
+
+    def __init__(self, reason: str, url: str) -> None:
+        super().__init__(reason)
+        self.url = url
+
+
+def redis_url(default: str = DEFAULT_URL) -> str:
+    """``$DRAMATIQ_REDIS_URL``, or ``default`` when it is unset or empty.
+
+    Every command reads the URL through here. Senders, workers, ``status`` and
+    ``purge`` default to a local Redis; ``python -m lab run`` passes
+    ``MEMORY_URL``, because it runs everything in one process and needs no server.
+    """
+    return os.environ.get(URL_ENV) or default
+
+
+_in_use: str | None = None
+
+
+def use_url(url: str) -> None:
+    """Record the URL of the process's broker (lab/broker.py calls it), for error lines."""
+    global _in_use
+    _in_use = url
+
+
+def current_url() -> str:
+    """The URL of the process's broker, or the configured one before there is a broker."""
+    return _in_use or redis_url()
+
+
+def _split(url: str) -> tuple[str, str, str]:
+    """(``scheme://``, netloc, rest) by hand, so that even a URL urllib refuses can be masked."""
+    scheme, sep, after = url.partition("://")
+    if not sep:
+        return "", "", url
+    netloc = re.match(r"[^/?#]*", after).group()
+    return scheme + sep, netloc, after[len(netloc):]
+
+
+def _passwords(url: str) -> list[str]:
+    """Every password ``url`` carries: in the userinfo and in a ``password=`` query argument."""
+    _, netloc, rest = _split(url)
+    userinfo, at, _ = netloc.rpartition("@")
+    found = [userinfo.partition(":")[2]] if at and ":" in userinfo else []
+    found += re.findall(r"[?&]password=([^&#]*)", rest, flags=re.IGNORECASE)
+    return [p for secret in found if secret for p in {secret, unquote(secret)}]
+
+
+def mask_url(url: str) -> str:
+    """``url`` with every password replaced by ``***``, safe to print. Never raises."""
+    scheme, netloc, rest = _split(url)
+    userinfo, at, host = netloc.rpartition("@")
+    if at and ":" in userinfo:
+        netloc = f"{userinfo.partition(':')[0]}:***@{host}"
+    rest = re.sub(r"([?&]password=)[^&#]*", r"\1***", rest, flags=re.IGNORECASE)
+    return scheme + netloc + rest
+
+
+def redact(text: str, url: str) -> str:
+    """``text`` with ``url`` masked and any password of ``url`` removed, wherever it appears."""
+    text = text.replace(url, mask_url(url))
+    for secret in sorted(_passwords(url), key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text
+
+
+def check_url(url: str) -> str:
+    """``url`` if it can be a Redis URL; otherwise BadUrl saying why.
+
+    Catches what redis-py would refuse later with a traceback (a port that is
+    not a number, a broken IPv6 address) and what it would silently get wrong:
+    a database that is not a number (``/abc``) becomes database 0 in redis-py.
+    """
+    if url == MEMORY_URL:
+        return url
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 -- urllib checks the port only when it is read
+    except ValueError as exc:
+        raise BadUrl(redact(str(exc), url), url) from None
+    if parts.scheme not in SCHEMES:
+        raise BadUrl(f"it must start with redis://, rediss:// or unix:// (or be {MEMORY_URL})", url)
+    if parts.scheme != "unix" and not re.fullmatch(r"/?\d*", parts.path):
+        raise BadUrl(f"the database {unquote(parts.path[1:])!r} is not a number (/0 to /15 on a default Redis)", url)
+    try:
+        redis.connection.parse_url(url)  # what else redis-py refuses: a query option, say
+    except ValueError as exc:
+        raise BadUrl(redact(str(exc), url), url) from None
+    return url

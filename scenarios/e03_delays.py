@@ -1,0 +1,50 @@
+"""`python -m lab run e03`: where a delayed message waits, who moves it, how late it runs."""
+
+import math
+
+from dramatiq.common import current_millis
+
+import e03_delays as e03
+import lab
+from lab.stats import summary
+
+
+def scenario(run: lab.Run) -> None:
+    client, dq, ready = run.broker.client, lab.key(run.broker, "e03.DQ"), lab.key(run.broker, "e03")
+    parked = e03.send_in("parked", 100)
+    lengths = {"e03.DQ": client.llen(dq), "e03": client.llen(ready)}
+    run.check("test_a_delayed_message_waits_in_the_delay_queue_not_the_queue",
+              lengths == {"e03.DQ": 1, "e03": 0} and parked.queue_name == "e03.DQ", f"list lengths {lengths}")
+    moved = run.wait_until(lambda: run.attempts("wake_up"), timeout=0.4)
+    run.check("test_without_a_worker_a_due_message_waits_until_one_starts",
+              not moved and client.llen(dq) == 1,
+              f"400 ms later (4x its delay), with no worker: ran {bool(moved)}, still in e03.DQ {client.llen(dq) == 1}")
+
+    batches, fetched_ms, overtook = {}, [], 0
+    for wt in (1000, 100):
+        run.start_worker(threads=1, worker_timeout=wt)  # one thread: were it blocked, nothing else would run
+        batch = batches[wt] = e03.send_batch(20, 1000)
+        sent_at = current_millis()
+        now = [e03.wake_up.send(f"now {i}", current_millis()) for i in range(5)]
+        if run.wait_until(lambda: client.llen(dq) == 0, timeout=1):
+            fetched_ms.append(current_millis() - sent_at)
+        run.wait_until(lambda: len(e03.lateness_ms(run.recorder, batch + now)) == 25,  # noqa: B023
+                       timeout=1 + 3 * wt / 1000 + 5)
+        started = {a.message_id: a.started_ms for a in run.attempts("wake_up")}
+        overtook += sum(started.get(m.message_id, math.inf) < batch[-1].options["eta"] for m in now)
+    run.check("test_a_worker_takes_delayed_messages_into_memory_long_before_they_are_due",
+              len(fetched_ms) == 2 and max(fetched_ms) < 1000,
+              f"e03.DQ was empty {fetched_ms} ms after sending 20 messages due over the next 1000 ms")
+    run.check("test_one_worker_thread_runs_other_messages_while_it_holds_a_delayed_one",
+              overtook == 10, f"{overtook} of the 10 undelayed messages ran before their batch's last was due")
+
+    sent = [m for batch in batches.values() for m in batch]
+    late = e03.lateness_ms(run.recorder, sent)
+    run.check("test_a_delay_is_a_minimum_no_message_starts_before_its_eta",
+              len(late) == len(sent) and min(late) >= 0,
+              f"{len(late)} of {len(sent)} ran; earliest {min(late, default=math.nan):.0f} ms after its due time")
+    stats = {wt: summary(e03.lateness_ms(run.recorder, batch) or [math.inf]) for wt, batch in batches.items()}
+    run.check("test_lateness_follows_worker_timeout",
+              stats[100]["max"] < 400 and stats[100]["median"] < stats[1000]["median"],
+              "; ".join(f"worker_timeout={wt}: {', '.join(f'{k} {v:.0f}' for k, v in st.items())} ms"
+                        for wt, st in stats.items()))
