@@ -6,6 +6,9 @@ Messages that fail on purpose carry max_retries=0, so they fail for good at once
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
 import time
 from types import ModuleType
 
@@ -19,6 +22,7 @@ from dramatiq.results import ResultFailure, ResultMissing, Results, ResultTimeou
 from dramatiq.results.backends import RedisBackend
 
 import lab
+from conftest import ROOT, lab_env
 
 QUEUE = "e04"
 WAIT_MS = 4000  # for a result that should come; under redis-py 8's 5 s socket timeout
@@ -283,3 +287,22 @@ def test_sender_without_a_worker_times_out_with_exit_code_4(sender, real_redis_u
     assert result.returncode == 4
     assert result.stderr.splitlines() == [
         "e04_pipelines.py: no result for add(3, 1) in time: is a worker for queue e04 running?"]
+
+
+@pytest.mark.e2e
+def test_ctrl_c_while_the_sender_waits_exits_130_in_one_line(real_redis_url, tmp_path):
+    # Given a sender waiting for results no worker will produce
+    out, err = tmp_path / "out", tmp_path / "err"
+    waiting = subprocess.Popen([sys.executable, "e04_pipelines.py", "group", "3", "--timeout", "30"], cwd=ROOT,
+                               env=lab_env(real_redis_url), stdout=out.open("w"), stderr=err.open("w"))
+    try:
+        assert lab.wait_until(lambda: "sent a group of 3" in out.read_text(), timeout=15), err.read_text()
+        # when the user presses Ctrl-C
+        waiting.send_signal(signal.SIGINT)
+        # then it exits 130 with one line, and what it sent is still queued, for a worker to run later
+        assert waiting.wait(timeout=15) == lab.EXIT_INTERRUPTED == 130
+    finally:
+        waiting.kill()
+    # (click first ends the terminal's "^C" with a newline)
+    assert err.read_text().lstrip("\n") == "e04_pipelines.py: interrupted (Ctrl-C)\n"
+    assert redis.Redis.from_url(real_redis_url).llen("dramatiq:e04") == 3

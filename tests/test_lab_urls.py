@@ -1,0 +1,49 @@
+"""lab/urls.py: the one setting, checked before use and masked before it is printed."""
+
+from __future__ import annotations
+
+import pytest
+
+from lab.urls import BadUrl, check_url, mask_url, redact
+
+
+@pytest.mark.parametrize(("url", "masked"), [
+    ("redis://:pw@127.0.0.1:6379/0", "redis://:***@127.0.0.1:6379/0"),
+    ("redis://user:pw@127.0.0.1:6379/0", "redis://user:***@127.0.0.1:6379/0"),
+    ("redis://:pw@[::1]:6379/0", "redis://:***@[::1]:6379/0"),  # the brackets of an IPv6 address stay
+    ("redis://:p@ss@host:6379/0", "redis://:***@host:6379/0"),  # an "@" in the password: the last one ends it
+    ("redis://127.0.0.1:6379/0?password=pw", "redis://127.0.0.1:6379/0?password=***"),
+    ("redis://h/0?socket_timeout=1&Password=pw&db=2", "redis://h/0?socket_timeout=1&Password=***&db=2"),
+    ("redis://:pw@[::1", "redis://:***@[::1"),  # even a URL that urllib refuses
+    ("redis://user@127.0.0.1/0", "redis://user@127.0.0.1/0"),  # a user name alone is not a secret
+    ("memory://", "memory://"),
+])
+def test_mask_url_hides_every_password_and_keeps_the_rest(url, masked):
+    assert mask_url(url) == masked
+
+
+def test_redact_removes_a_password_from_any_text_that_quotes_it():
+    url = "redis://:s3cr%40t@h/0?password=other"
+    assert redact(f"failed on {url}: s3cr@t and s3cr%40t and other", url) == (
+        "failed on redis://:***@h/0?password=***: *** and *** and ***")
+
+
+@pytest.mark.parametrize(("url", "says"), [
+    ("redis://[::1", "Invalid IPv6 URL"),
+    ("redis://h:99999/0", "Port out of range 0-65535"),
+    ("redis://h:abc/0", "Port could not be cast to integer value as 'abc'"),
+    ("redis://h/abc", "the database 'abc' is not a number"),
+    ("http://h/", "it must start with redis://, rediss:// or unix://"),
+    ("localhost:6379", "it must start with redis://"),
+    ("redis://h/0?db=x", "Invalid value for 'db' in connection URL."),
+])
+def test_check_url_refuses_what_redis_py_would_refuse_later_or_get_wrong(url, says):
+    with pytest.raises(BadUrl, match=says.replace("(", r"\(").replace(")", r"\)").replace("?", r"\?")) as refused:
+        check_url(url)
+    assert refused.value.url == url
+
+
+@pytest.mark.parametrize("url", ["redis://localhost:6379/0", "redis://h", "redis://h/", "rediss://:pw@h:6380/15",
+                                 "unix:///tmp/redis.sock?db=1", "memory://"])
+def test_check_url_accepts_the_urls_redis_py_accepts(url):
+    assert check_url(url) == url
