@@ -23,9 +23,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
-from conftest import RedisServer, WorkerProcess, free_port, need_redis_server
 
 import lab
+from conftest import RedisServer, WorkerProcess, free_port, need_redis_server
 from lab.cli import cli
 
 SECRET = "hunter2-secret"

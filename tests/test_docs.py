@@ -9,8 +9,8 @@ from functools import cache
 from pathlib import Path
 
 import docutils.core
-from conftest import ROOT
 
+from conftest import ROOT
 from lab import experiments
 from lab.lessons import CITATION, citations, lessons
 

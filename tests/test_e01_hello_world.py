@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 import redis
-from conftest import ROOT, free_port, lab_env
 
 import lab
+from conftest import ROOT, free_port, lab_env
 from lab import experiments
 
 WATCHED = "/home/learner/dramatiq-lab/e01_hello_world.py"  # watchdog reports absolute paths

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import redis
 from click.testing import CliRunner, Result
-from conftest import ROOT, RedisServer, free_port, lab_env, need_redis_server
 
 import lab
+from conftest import ROOT, RedisServer, free_port, lab_env, need_redis_server
 from lab import experiments
 from lab.cli import cli
 from lab.failures import how_to_get_redis

@@ -21,10 +21,10 @@ import fakeredis
 import pytest
 import redis
 from click.testing import CliRunner
-from conftest import ROOT, free_port, lab_env
 from dramatiq.brokers.redis import RedisBroker
 
 import lab
+from conftest import ROOT, free_port, lab_env
 from lab.cli import cli
 from lab.server import EXIT_CANNOT_LISTEN, EmbeddedRedis
 

@@ -21,9 +21,9 @@ import dramatiq
 import pytest
 import redis
 from click.testing import CliRunner, Result
-from conftest import free_port
 
 import lab
+from conftest import free_port
 from lab.cli import cli
 from lab.failures import how_to_get_redis
 from lab.status import read_snapshot
