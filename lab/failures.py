@@ -77,6 +77,8 @@ def explain(exc: BaseException, url: str) -> Failure | None:
 
 def _usage_line(exc: click.UsageError) -> str:
     line = exc.format_message().rstrip()
+    if not line.endswith((".", "!", "?")):
+        line += "."
     if exc.ctx is not None:
         line += f" See '{exc.ctx.command_path} --help'."
     return line
