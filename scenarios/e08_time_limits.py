@@ -1,0 +1,92 @@
+"""`python -m lab run e08`: time limits with TimeLimit's own check (once a second), age limits, callbacks."""
+
+from dramatiq.middleware import TimeLimit
+
+import e08_time_limits as e08
+import lab
+
+LIMIT_MS = 300
+FAST = dict(min_backoff=10, max_backoff=20)
+
+
+def ms(attempt: lab.Attempt) -> float:
+    return (attempt.ended - attempt.started) * 1000
+
+
+def callbacks_for(run: lab.Run, name: str, failures: int) -> int:
+    """How many times the callback actor ``name`` ran for flaky(failures)."""
+    return sum(a.args[0]["args"] == [failures] for a in run.attempts(name))
+
+
+def scenario(run: lab.Run) -> None:
+    [time_limit] = [m for m in run.broker.middleware if isinstance(m, TimeLimit)]
+    run.check("test_time_limit_defaults_to_10_minutes_checked_once_a_second",
+              (time_limit.time_limit, time_limit.manager.interval) == (600_000, 1.0),
+              f"time_limit={time_limit.time_limit} ms, checked every {time_limit.manager.interval * 1000:.0f} ms")
+
+    run.start_worker(threads=6)
+    if time_limit.manager.is_alive():
+        run.skip("test_an_in_process_worker_never_enforces_a_time_limit_without_process_boot",
+                 "another experiment of this run started TimeLimit's checker already")
+    else:  # before start_time_limits: what any plain dramatiq.Worker does
+        e08.spin.send_with_options(args=(300,), time_limit=100)
+        run.settle(e08.QUEUE, timeout=5)
+        unchecked = run.attempts("spin", 300)
+        run.check("test_an_in_process_worker_never_enforces_a_time_limit_without_process_boot",
+                  [a.outcome for a in unchecked] == ["ok"] and ms(unchecked[0]) >= 300,
+                  f"spin(300) with a 100 ms limit: {[a.outcome for a in unchecked]}, ran "
+                  f"{', '.join(f'{ms(a):.0f}' for a in unchecked)} ms")
+    e08.start_time_limits(run.broker)  # what the dramatiq CLI does in each worker process
+
+    aged = e08.flaky.send_with_options(args=(1,), max_age=300, min_backoff=400, max_backoff=500)
+    for failures in (3, 9):
+        e08.flaky.send_with_options(args=(failures,), **FAST)
+    e08.flaky.send_with_options(args=(0,), delay=200, max_age=50)
+    stale = e08.spin.send_with_options(args=(10,), delay=300, max_age=100)
+    # three threads busy for 1 to 1.5 s; the others run the rest meanwhile
+    loop = e08.spin.send_with_options(args=(10_000,), time_limit=LIMIT_MS, max_retries=1, **FAST)
+    e08.nap.send_with_options(args=(1_500,), time_limit=LIMIT_MS, max_retries=0)
+    e08.tidy.send_with_options(args=(10_000, 200), time_limit=LIMIT_MS)
+    run.settle(e08.QUEUE, timeout=15)
+    dead = {d.message.message_id for d in lab.dead_letters(run.broker, e08.QUEUE)}
+
+    loops = run.attempts("spin", 10_000)
+    run.check("test_a_python_loop_is_stopped_within_one_check_of_its_limit",
+              loops and all(LIMIT_MS <= ms(a) < LIMIT_MS + 1000 + 300 for a in loops),
+              f"limit {LIMIT_MS} ms, checked every 1000 ms: the 10 s loop stopped after "
+              f"{', '.join(f'{ms(a):.0f}' for a in loops)} ms")
+
+    naps = run.attempts("nap")
+    run.check("test_a_blocking_sleep_runs_to_its_end_past_the_limit",
+              [(a.outcome, a.error) for a in naps] == [("failed", "TimeLimitExceeded: ")] and ms(naps[0]) >= 1500,
+              f"time.sleep(1.5) with a {LIMIT_MS} ms limit ran {ms(naps[0]):.0f} ms, then {naps[0].error}")
+
+    tidies = run.attempts("tidy")
+    run.check("test_a_caught_time_limit_exceeded_fires_once_and_the_message_succeeds",
+              [a.outcome for a in tidies] == ["ok"] and ms(tidies[0]) >= LIMIT_MS + 200,
+              f"tidy caught it and cleaned up 200 ms more: {[a.outcome for a in tidies]} after {ms(tidies[0]):.0f} ms")
+
+    run.check("test_a_timed_out_message_is_retried_and_uses_up_max_retries",
+              [(a.outcome, a.error) for a in loops] == [("retried", "TimeLimitExceeded: "),
+                                                        ("failed", "TimeLimitExceeded: ")]
+              and loop.message_id in dead,
+              f"max_retries=1: {[a.outcome for a in loops]}; in e08.XQ: {loop.message_id in dead}")
+
+    skipped = run.attempts("spin", 10)
+    run.check("test_a_message_older_than_max_age_is_skipped_unrun_into_the_dead_letters",
+              [a.outcome for a in skipped] == ["skipped"] and stale.message_id in dead,
+              f"due after 300 ms with max_age=100: {[a.outcome for a in skipped]}; in e08.XQ: {stale.message_id in dead}")
+
+    retried = run.attempts("flaky", 1)
+    run.check("test_max_age_counts_from_the_first_send_so_a_retry_can_age_out",
+              [a.outcome for a in retried] == ["retried", "skipped"] and aged.message_id in dead,
+              f"max_age=300, backoff 400-500 ms: {[a.outcome for a in retried]}")
+
+    counts = {n: [callbacks_for(run, name, n) for name in ("failed", "succeeded", "exhausted")] for n in (3, 9, 0)}
+    run.check("test_on_failure_fires_on_every_failed_attempt_and_on_success_once", counts[3] == [3, 1, 0],
+              f"flaky(3): on_failure, on_success, on_retry_exhausted ran {counts[3]} times")
+    run.check("test_on_retry_exhausted_fires_once_when_the_retries_run_out", counts[9] == [4, 0, 1],
+              f"flaky(9), max_retries=3: on_failure, on_success, on_retry_exhausted ran {counts[9]} times")
+    run.check("test_a_message_skipped_by_its_age_limit_fires_no_callback",
+              [a.outcome for a in run.attempts("flaky", 0)] == ["skipped"] and counts[0] == [0, 0, 0],
+              f"flaky(0), skipped: callbacks ran {counts[0]} times")
