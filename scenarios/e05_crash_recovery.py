@@ -1,0 +1,513 @@
+"""`python -m lab run e05`: crashes on purpose, and what comes back.
+
+In this process, on any broker: what a dead worker leaves in Redis and what brings it back, a
+redelivery that is not a retry, the delivery limit, and a failing message beside the others.
+
+On a real Redis only (the embedded broker skips them, to keep `python -m lab run all` short):
+real ``dramatiq`` processes, side by side, each phase in a namespace of its own, with recovery
+tuned (heartbeat_timeout 1000 ms, maintenance on every dispatch call): 100 deposits through three
+SIGKILLs, the first one to a child of ``--processes 2``; a SIGTERM with ``--worker-shutdown-timeout``;
+a poison message; and a private redis-server, restarted with persistence off and with appendonly.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import dramatiq
+from dramatiq.broker import MessageProxy
+from dramatiq.brokers.redis import DEFAULT_HEARTBEAT_TIMEOUT, DEFAULT_MAINTENANCE_CHANCE, MAINTENANCE_SCALE, RedisBroker
+
+import e05_crash_recovery as e05
+import lab
+from lab.keys import count_queues, key_names
+from lab.processes import RedisServer, WorkerProcess
+
+HEARTBEAT_MS = 1000  # 10 x the spawned workers' worker_timeout (100 ms): no live worker looks dead
+TUNED = {"e05_heartbeat_timeout": str(HEARTBEAT_MS), "e05_maintenance_chance": str(MAINTENANCE_SCALE)}
+WORKER = "e05_crash_recovery"
+SKIP_ON_MEMORY = "needs real dramatiq processes on a real Redis (about 8 s more): python -m lab run e05 --redis URL"
+SKIP_RESTART = ("needs redis-server: a private one is started in a temporary directory and restarted "
+                "(never yours). Run: python -m lab run e05 --redis URL")
+
+
+def scenario(run: lab.Run) -> None:
+    in_this_process(run)
+    if run.broker.lab_url == lab.MEMORY_URL:
+        for test in PROCESS_LESSONS:
+            run.skip(test, SKIP_RESTART if "restart" in test else SKIP_ON_MEMORY)
+    else:
+        check_crashes(run, play_crashes(run.shared_url(), run.broker.namespace))
+
+
+def must(held: bool, what: str) -> None:
+    """Stop the scenario with TimeoutError, saying what did not happen in time."""
+    if not held:
+        raise TimeoutError(f"e05: {what}")
+
+
+# -- in this process, on any broker ---------------------------------------------------------------------------------
+
+
+def dies_holding(broker: RedisBroker, count: int = 1) -> list[MessageProxy]:
+    """What a worker killed right after its fetch leaves: ``count`` messages in the acks set of a
+    broker id that never calls Redis again, so that its heartbeat only gets older."""
+    consumer = RedisBroker(client=broker.client, namespace=broker.namespace).consume(e05.QUEUE, count, timeout=10)
+    fetched: list[MessageProxy] = []
+    deadline = time.monotonic() + 5
+    while len(fetched) < count and time.monotonic() < deadline:
+        if (message := next(consumer)) is not None:
+            fetched.append(message)
+    return fetched
+
+
+def others_stale(broker: RedisBroker) -> bool:
+    """Whether every other broker id's heartbeat is older than this broker's heartbeat_timeout."""
+    now_ms = time.time() * 1000
+    beats = broker.client.zrange(lab.key(broker, "__heartbeats__"), 0, -1, withscores=True)
+    return all(now_ms - ms > broker.heartbeat_timeout for who, ms in beats if who.decode() != broker.broker_id)
+
+
+def recover(broker: RedisBroker) -> None:
+    """Wait until the dead workers' heartbeats are stale, then one dispatch call for e05, with
+    maintenance if the broker draws it: what a live consumer's next fetch does."""
+    must(lab.wait_until(lambda: others_stale(broker), timeout=5), "a heartbeat did not go stale")
+    broker.do_qsize(e05.QUEUE)
+
+
+def default_recovery() -> dict[str, float]:
+    """With Dramatiq's defaults and one idle worker process: seconds until a dead worker's messages
+    come back. heartbeat_timeout, then as many e05 fetches as it takes to draw maintenance (1000 in a
+    million each), one per worker_timeout (1 s) from an idle consumer."""
+    chance = DEFAULT_MAINTENANCE_CHANCE / MAINTENANCE_SCALE
+    fetch_s = dramatiq.worker.WORKER_TIMEOUT / 1000
+    fetches = {"median": math.log(0.5) / math.log(1 - chance), "mean": 1 / chance,
+               "p95": math.log(0.05) / math.log(1 - chance)}
+    return {"heartbeat": DEFAULT_HEARTBEAT_TIMEOUT / 1000, **{k: DEFAULT_HEARTBEAT_TIMEOUT / 1000 + n * fetch_s
+                                                             for k, n in fetches.items()}}
+
+
+def in_this_process(run: lab.Run) -> None:
+    broker = run.broker
+    saved = broker.heartbeat_timeout, broker.maintenance_chance
+    try:
+        # What brings a dead worker's messages back: a stale heartbeat AND maintenance for its queue.
+        e05.deposit.send(1, 0)
+        [held] = dies_holding(broker)
+        broker.heartbeat_timeout, broker.maintenance_chance = 200, MAINTENANCE_SCALE
+        broker.do_qsize(e05.QUEUE)  # maintenance, heartbeat fresh
+        fresh = broker.client.llen(lab.key(broker, e05.QUEUE))
+        must(lab.wait_until(lambda: others_stale(broker), timeout=5), "a heartbeat did not go stale")
+        broker.maintenance_chance = 0
+        broker.do_qsize(e05.QUEUE)  # heartbeat stale, no maintenance
+        unlucky = broker.client.llen(lab.key(broker, e05.QUEUE))
+        broker.maintenance_chance = MAINTENANCE_SCALE
+        broker.do_qsize("e05-elsewhere")  # maintenance, for another queue
+        elsewhere = broker.client.llen(lab.key(broker, e05.QUEUE))
+        broker.do_qsize(e05.QUEUE)
+        back = [i.decode() for i in broker.client.lrange(lab.key(broker, e05.QUEUE), 0, -1)]
+        run.check("test_recovery_needs_a_stale_heartbeat_and_maintenance_for_that_queue",
+                  (fresh, unlucky, elsewhere, back) == (0, 0, 0, [held.options["redis_message_id"]]),
+                  f"back on e05 after: fresh heartbeat + maintenance {fresh}, stale + no maintenance {unlucky}, "
+                  f"stale + maintenance for another queue {elsewhere}, stale + maintenance for e05 {len(back)}")
+        broker.client.delete(lab.key(broker, e05.QUEUE), lab.key(broker, f"{e05.QUEUE}.msgs"))
+
+        defaults = default_recovery()
+        run.check("test_with_the_defaults_recovery_waits_60_s_then_about_1000_fetches",
+                  defaults["heartbeat"] == 60 and 700 < defaults["median"] < 800 and 1000 < defaults["mean"] < 1100,
+                  f"defaults: {defaults['heartbeat']:.0f} s, then maintenance: back after {defaults['median']:.0f} s "
+                  f"(median), {defaults['mean']:.0f} s (mean), {defaults['p95']:.0f} s (p95) with one idle "
+                  f"worker process")
+
+        # A redelivery is not a retry, and DeliveryLimit counts it. (In this process, never poison().)
+        broker.heartbeat_timeout = 100
+        crashing = e05.deposit.send(1, 0)
+        guarded = e05.deposit.send_with_options(args=(2, 0), max_deliveries=2)
+        limit = next(m for m in broker.middleware if type(m).__name__ == "DeliveryLimit")
+        retries_seen = []
+        for _ in range(2):  # a worker fetches both, starts the guarded one, and dies
+            held = {m.message_id: m for m in dies_holding(broker, 2)}
+            retries_seen.append(held[crashing.message_id].options.get("retries", 0))
+            limit.before_process_message(broker, held[guarded.message_id])
+            recover(broker)
+        declined = e05.deposit.send(-5, 0)
+        others = [e05.deposit.send(1, 0) for _ in range(5)]
+        run.start_worker(threads=1)
+        run.settle(e05.QUEUE, timeout=10)
+    finally:
+        broker.heartbeat_timeout, broker.maintenance_chance = saved
+
+    after_crashes = run.attempts("deposit", 1, 0)
+    crashed = [a for a in after_crashes if a.message_id == crashing.message_id]
+    run.check("test_a_recovered_message_comes_back_with_retries_still_0",
+              retries_seen == [0, 0] and [(a.number, a.outcome) for a in crashed] == [(1, "ok")],
+              f"options['retries'] after each of 2 crashes: {retries_seen}; then it ran as attempt "
+              f"{[a.number for a in crashed]}")
+
+    letters = [d.message.message_id for d in lab.dead_letters(broker, e05.QUEUE)]
+    skipped = [a.outcome for a in run.attempts("deposit", 2, 0)]
+    run.check("test_delivery_limit_dead_letters_a_message_started_too_often_without_running_it",
+              skipped == ["skipped"] and guarded.message_id in letters,
+              f"max_deliveries=2, started twice by workers that died: at delivery 3, {skipped or 'nothing'}; "
+              f"in e05.XQ: {guarded.message_id in letters}")
+
+    tries = run.attempts("deposit", -5, 0)
+    first_retry = tries[1].started if len(tries) > 1 else 0
+    flowed = [a for a in run.attempts("deposit", 1, 0) if a.message_id in {m.message_id for m in others}]
+    run.check("test_a_failing_deposit_retries_while_others_flow_then_is_dead_lettered",
+              [a.outcome for a in tries] == ["retried", "retried", "failed"] and declined.message_id in letters
+              and len(flowed) == 5 and all(a.outcome == "ok" for a in flowed)
+              and any(a.started < first_retry for a in flowed),
+              f"deposit(-5): {[a.outcome for a in tries]}, then in e05.XQ: {declined.message_id in letters}; "
+              f"{sum(a.started < first_retry for a in flowed)} of 5 others ran before its first retry, on one thread")
+
+
+# -- with real processes ----------------------------------------------------------------------------------------------
+
+
+class Bench(lab.Run):
+    """A run of its own on ``url`` and ``namespace``; at the end its workers are SIGKILLed (no 2 s stop)."""
+
+    def __init__(self, url: str, namespace: str) -> None:
+        super().__init__(WORKER, lab.make_broker(url, namespace=namespace), lab.Recorder())
+
+    def close(self) -> None:
+        for worker in self.processes:
+            worker.kill()
+        super().close()
+        self.broker.close()
+
+    def starts(self) -> list[tuple[str, int, str]]:
+        """Every start of a deposit, in order: (message id, pid, broker id)."""
+        entries = (e.decode().split() for e in self.broker.client.lrange(e05.key("starts", self.broker), 0, -1))
+        return [(message_id, int(pid), broker_id) for message_id, pid, broker_id, _ in entries]
+
+    def broker_id_of(self, pid: int) -> str | None:
+        return next((broker_id for _, p, broker_id in self.starts() if p == pid), None)
+
+    def acks(self, broker_id: str) -> str:
+        return lab.key(self.broker, f"__acks__.{broker_id}.{e05.QUEUE}")
+
+    def held(self, broker_id: str) -> int:
+        return self.broker.client.scard(self.acks(broker_id))
+
+    def ready(self) -> int:
+        return self.broker.client.llen(lab.key(self.broker, e05.QUEUE))
+
+    def finished(self) -> set[str]:
+        return {k.decode() for k in self.broker.client.hkeys(e05.key("finished", self.broker))}
+
+    def send(self, *ms: int) -> list[str]:
+        """A deposit of 1 for each value of ``ms``, noted as sent; their message ids."""
+        sent = [self.broker.enqueue(e05.deposit.message(1, each)) for each in ms]
+        self.broker.client.hset(e05.key("sent", self.broker), mapping={m.message_id: 1 for m in sent})
+        return [m.message_id for m in sent]
+
+    def spawn(self, *args: str, processes: int = 1, **env: str) -> WorkerProcess:
+        return self.spawn_worker(WORKER, *args, processes=processes, **{**TUNED, **env})
+
+
+def back_after(bench: Bench, broker_id: str, since: float) -> float:
+    """Seconds from ``since`` until the dead worker's acks set is gone: maintenance put it back on e05."""
+    must(lab.wait_until(lambda: not bench.broker.client.exists(bench.acks(broker_id)), timeout=10, interval=0.01),
+         f"{bench.acks(broker_id)} still held after 10 s")
+    return time.monotonic() - since
+
+
+@dataclass
+class Kill:
+    how: str
+    held: int  # in the dead worker's acks set right after the kill
+    running: int  # of those, started and not finished
+    back_after_s: float  # from the kill until they were back on e05
+
+
+@dataclass
+class Kills:
+    status: dict = field(default_factory=dict)  # what `python -m lab status` reads, right before the first kill
+    kills: list[Kill] = field(default_factory=list)
+    counts: dict = field(default_factory=dict)  # e05.counts() at the end
+    master_exit: int | None = None  # `dramatiq --processes 2`, once one child was SIGKILLed
+    master_exit_s: float = 0.0
+    master_log: list[str] = field(default_factory=list)
+    other_child_finished: int = 0  # of the 2 deposits it was running
+    other_child_held_at_exit: int = -1
+    reruns: int = 0  # starts beyond the first, over every deposit
+
+
+def kills(url: str, namespace: str) -> Kills:
+    """100 deposits through three SIGKILLs: one child of ``--processes 2``, then two whole workers.
+
+    The first 8 deposits take 1000 ms, so each child of the first worker (2 threads) holds exactly
+    2 running and 2 prefetched when one of them is killed; the other 92 take 50 ms.
+    """
+    bench, seen, watcher = Bench(url, namespace), Kills(), ThreadPoolExecutor(1)
+    try:
+        pool = bench.spawn("--threads", "2", processes=2)
+        sent = bench.send(*[1000] * 8, *[50] * 92)
+        must(lab.wait_until(lambda: len(bench.starts()) == 4 and bench.ready() == 92, timeout=10),
+             "the two children did not each start 2 deposits and prefetch 2")
+        child, other = pool.worker_pids()
+        queues, holding, _ = count_queues(bench.broker, key_names(bench.broker))
+        seen.status = {"ready": queues[e05.QUEUE].ready, "in_flight": queues[e05.QUEUE].in_flight,
+                       "held by the child killed": holding[bench.broker_id_of(child)]}
+        other_running = {mid for mid, pid, _ in bench.starts() if pid == other}
+        victim, how, kill = child, "SIGKILL one child of --processes 2", lambda: pool.signal(signal.SIGKILL, child)
+        for number in range(3):
+            broker_id, killed_at = bench.broker_id_of(victim), time.monotonic()
+            kill()
+            running = len({mid for mid, pid, _ in bench.starts() if pid == victim} - bench.finished())
+            held = bench.held(broker_id)
+            if number == 0:  # watched meanwhile: the master's exit, and what its other child held then
+                master = watcher.submit(lambda since=killed_at: (pool.wait(15), time.monotonic() - since,
+                                                                 bench.held(bench.broker_id_of(other))))
+            worker = bench.spawn("--threads", "4")  # a process manager would start one
+            seen.kills.append(Kill(how, held, running, back_after(bench, broker_id, killed_at)))
+            victim, how, kill = worker.worker_pids()[0], "SIGKILL a whole worker", worker.kill
+            must(lab.wait_until(lambda: sum(pid == victim for _, pid, _ in bench.starts()) >= 4, timeout=10),  # noqa: B023
+                 "the new worker did not start 4 deposits")
+        must(lab.wait_until(lambda: set(sent) <= bench.finished(), timeout=20), "some deposits never finished")
+        seen.counts = e05.counts(bench.broker)
+        seen.reruns = len(bench.starts()) - len({mid for mid, *_ in bench.starts()})
+        seen.master_exit, seen.master_exit_s, seen.other_child_held_at_exit = master.result()
+        seen.master_log = [line.split("] ", 4)[-1] for line in pool.output.splitlines()
+                           if "] [dramatiq." in line and "deposit" not in line]
+        seen.other_child_finished = len(other_running & bench.finished())
+        return seen
+    finally:
+        watcher.shutdown(wait=False)
+        bench.close()
+
+
+@dataclass
+class Sigterm:
+    held: int = 0  # before the SIGTERM: 2 running, 2 prefetched
+    stopping_after_s: float = 0.0  # from the SIGTERM to the worker's "Shutting down..." line
+    requeued: int = 0
+    requeued_after_s: float = 0.0
+    short_finished: bool = False
+    abandoned: int = 0  # still in its acks set once the prefetched were requeued
+    back_after_s: float = 0.0  # from the SIGTERM until the abandoned one was back on e05
+    long_started: int = 0  # how many times the abandoned deposit started, in all
+    exit_code: int | None = None
+
+
+def sigterm(url: str, namespace: str, shutdown_timeout_ms: int = 1500) -> Sigterm:
+    """SIGTERM a 2-thread worker running a 4000 ms and a 1200 ms deposit, with two more prefetched.
+
+    A worker process looks at its stop flag once a second, so the short one outlasts that second
+    and ends within the shutdown timeout; the long one outlasts both.
+    """
+    bench, seen = Bench(url, namespace), Sigterm()
+    try:
+        worker = bench.spawn("--threads", "2", "--worker-shutdown-timeout", str(shutdown_timeout_ms))
+        long, short, *_ = bench.send(4000, 1200, 4000, 4000)
+        must(lab.wait_until(lambda: len(bench.starts()) == 2 and bench.ready() == 0, timeout=10),
+             "the worker did not start two deposits and prefetch two")
+        broker_id = bench.broker_id_of(worker.worker_pids()[0])
+        seen.held = bench.held(broker_id)
+        signalled_at, signalled_wall = time.monotonic(), time.time()
+        worker.signal(signal.SIGTERM)
+        must(lab.wait_until(lambda: bench.ready() == 2, timeout=10), "the prefetched deposits did not come back")
+        seen.requeued, seen.requeued_after_s = bench.ready(), time.monotonic() - signalled_at
+        seen.abandoned, seen.short_finished = bench.held(broker_id), short in bench.finished()
+        seen.stopping_after_s = logged_at(worker.output, "Shutting down...") - signalled_wall
+        bench.spawn("--threads", "4")  # a process manager would start one
+        seen.back_after_s = back_after(bench, broker_id, signalled_at)
+        seen.exit_code = worker.wait(10)
+        must(lab.wait_until(lambda: [mid for mid, *_ in bench.starts()].count(long) == 2, timeout=10),
+             "the abandoned deposit did not start again")
+        seen.long_started = [mid for mid, *_ in bench.starts()].count(long)
+        return seen
+    finally:
+        bench.close()
+
+
+def logged_at(output: str, text: str) -> float:
+    """When the first line of a worker's log with ``text`` was written (epoch seconds)."""
+    from datetime import datetime
+
+    line = next(line for line in output.splitlines() if text in line)
+    return datetime.strptime(line[1:24], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+
+
+@dataclass
+class Poison:
+    exit_codes: list = field(default_factory=list)  # of the workers it killed
+    dead_lettered: bool = False
+    retries: int | None = None  # the dead letter's options["retries"] (absent: 0)
+    guard_line: str = ""
+    last_worker_alive: bool = False
+
+
+def poison(url: str, namespace: str, max_deliveries: int = 2) -> Poison:
+    """A message that SIGKILLs each worker that runs it, until DeliveryLimit dead-letters it.
+
+    These workers run no maintenance: this process brings the message back, once each new worker is
+    ready. A worker process killed while it boots can hang its master for good: until it says it is
+    ready it may hold a lock the master waits on (1 start in 12 did, in the lab's trials).
+    """
+    bench, seen = Bench(url, namespace), Poison()
+    bench.broker.heartbeat_timeout, bench.broker.maintenance_chance = HEARTBEAT_MS, MAINTENANCE_SCALE
+    no_maintenance = {"e05_maintenance_chance": "0"}
+    try:
+        worker = bench.spawn("--threads", "1", **no_maintenance)
+        message = bench.broker.enqueue(e05.poison.message_with_options(max_deliveries=max_deliveries))
+        for _ in range(max_deliveries):
+            seen.exit_codes.append(worker.wait(10))  # it ran the poison: its master exits
+            worker = bench.spawn("--threads", "1", **no_maintenance)
+            must(lab.wait_until(lambda: (bench.broker.do_qsize(e05.QUEUE), worker.process.poll() is not None  # noqa: B023
+                                         or lab.dead_letters(bench.broker, e05.QUEUE))[1], timeout=10, interval=0.05),
+                 "the poison message did not come back")
+        seen.dead_lettered = lab.wait_until(lambda: lab.dead_letters(bench.broker, e05.QUEUE), timeout=5)
+        letters = [d.message for d in lab.dead_letters(bench.broker, e05.QUEUE)]
+        if [m.message_id for m in letters] == [message.message_id]:
+            seen.retries = letters[0].options.get("retries", 0)
+        seen.guard_line = next((line.split("] ", 4)[-1] for line in worker.output.splitlines()
+                                if "DeliveryLimit" in line), "")
+        seen.last_worker_alive = worker.process.poll() is None
+        return seen
+    finally:
+        bench.close()
+
+
+@dataclass
+class Restart:
+    appendonly: bool
+    queued: int = 0  # in Redis, waiting, when it restarted
+    held: int = 0  # by the worker (running or prefetched) when it restarted
+    queued_after: int = 0
+    ran_before: int = 0  # of the 10 sent before the restart, how many ran
+    ran_after: int = 0  # of the 5 sent after it
+    worker_alive: bool = False
+    connection_errors: int = 0  # lines of the worker's log that say so
+
+
+def restart(appendonly: bool) -> Restart:
+    """A 1-thread worker busy with a 1500 ms deposit, 10 more sent, then its redis-server restarted."""
+    seen = Restart(appendonly)
+    with RedisServer(appendonly=appendonly) as server:
+        bench = Bench(server.url, "dramatiq")
+        try:
+            worker = bench.spawn("--threads", "1")
+            [blocker] = bench.send(1500)
+            must(lab.wait_until(bench.starts, timeout=10), "the first deposit did not start")
+            broker_id = bench.starts()[0][2]
+            before = bench.send(*[0] * 10)
+            must(lab.wait_until(lambda: bench.held(broker_id) == 2, timeout=10), "the worker did not prefetch one")
+            seen.queued, seen.held = bench.ready(), bench.held(broker_id)
+            server.restart()  # SIGTERM: a clean shutdown, then the same port and directory
+            seen.queued_after = bench.ready()
+            after = bench.send(*[0] * 5)
+            must(lab.wait_until(lambda: {blocker, *after} <= bench.finished(), timeout=15),
+                 "the worker did not run what was sent after the restart")
+            lab.wait_until(lambda: bench.ready() == 0, timeout=5)
+            seen.ran_before, seen.ran_after = len(set(before) & bench.finished()), len(set(after) & bench.finished())
+            seen.worker_alive = worker.process.poll() is None
+            seen.connection_errors = worker.output.count("connection error")
+            return seen
+        finally:
+            bench.close()
+
+
+@dataclass
+class Crashes:
+    kills: Kills
+    sigterm: Sigterm
+    poison: Poison
+    restarts: list[Restart] | None  # None: no redis-server here to start a private one
+
+
+def play_crashes(url: str, namespace: str) -> Crashes:
+    """Every phase with real processes, side by side: on ``url`` in namespaces under ``namespace``,
+    and the restarts on private redis-servers (never on ``url``)."""
+    try:
+        RedisServer.executable_path()
+        restarts = [False, True]
+    except FileNotFoundError:
+        restarts = []
+    with ThreadPoolExecutor(max_workers=5) as pool:
+        futures = [pool.submit(kills, url, f"{namespace}-kills"), pool.submit(sigterm, url, f"{namespace}-term"),
+                   pool.submit(poison, url, f"{namespace}-poison"), *(pool.submit(restart, a) for a in restarts)]
+        done = [future.result() for future in futures]
+    return Crashes(*done[:3], done[3:] or None)
+
+
+PROCESS_LESSONS = [
+    "test_a_killed_worker_leaves_its_running_and_prefetched_messages_in_its_acks_set",
+    "test_tuned_recovery_brings_them_back_one_heartbeat_timeout_after_the_kill",
+    "test_100_deposits_through_3_kills_all_finish_and_some_run_twice",
+    "test_a_rerun_adds_to_the_counter_again_but_rewrites_the_same_ledger_entry",
+    "test_a_poison_message_kills_a_worker_per_delivery_until_the_limit_dead_letters_it",
+    "test_when_one_child_of_processes_2_dies_the_master_stops_the_other_and_exits_1",
+    "test_sigterm_requeues_the_prefetched_only_when_the_shutdown_timeout_is_over",
+    "test_sigterm_abandons_a_task_past_the_shutdown_timeout_and_it_comes_back_later",
+    "test_a_worker_rides_out_a_redis_restart_and_runs_what_is_sent_after",
+    "test_a_restart_without_persistence_loses_the_queue_and_appendonly_keeps_it",
+]
+
+
+def check_crashes(run: lab.Run, seen: Crashes) -> None:
+    kills, first = seen.kills, seen.kills.kills[0]
+    run.check(PROCESS_LESSONS[0], (first.held, first.running, kills.status["held by the child killed"]) == (4, 2, 4),
+              f"a 2-thread child SIGKILLed: {first.held} in its acks set, {first.running} of them running; "
+              f"`lab status` before: {kills.status}")
+
+    back = [k.back_after_s for k in kills.kills]
+    run.check(PROCESS_LESSONS[1], all(HEARTBEAT_MS / 1000 - 0.15 <= s <= HEARTBEAT_MS / 1000 + 3 for s in back),
+              f"heartbeat_timeout {HEARTBEAT_MS} ms, maintenance on every call: back on e05 "
+              f"{', '.join(f'{s:.2f}' for s in back)} s after each kill")
+
+    counts = kills.counts
+    run.check(PROCESS_LESSONS[2], (counts["sent"], counts["finished"], counts["lost"]) == (100, 100, 0)
+              and counts["ran twice"] > 0,
+              f"sent {counts['sent']}, finished {counts['finished']}, ran more than once {counts['ran twice']}, "
+              f"lost {counts['lost']}; held at the kills: {[k.held for k in kills.kills]}")
+
+    run.check(PROCESS_LESSONS[3], counts["ledger"] == counts["sum sent"] < counts["counter"]
+              and counts["counter"] - counts["ledger"] == kills.reruns,
+              f"sent {counts['sum sent']}: the ledger says {counts['ledger']}, the counter {counts['counter']} "
+              f"({kills.reruns} reruns)")
+
+    poisoned = seen.poison
+    run.check(PROCESS_LESSONS[4], poisoned.exit_codes == [1, 1] and poisoned.dead_lettered
+              and poisoned.retries == 0 and poisoned.last_worker_alive and "started 2 times" in poisoned.guard_line,
+              f"max_deliveries=2: {len(poisoned.exit_codes)} workers killed (exit codes {poisoned.exit_codes}), "
+              f"retries still {poisoned.retries}; the third worker: {poisoned.guard_line!r}")
+
+    log = " | ".join(kills.master_log)
+    run.check(PROCESS_LESSONS[5], kills.master_exit == 1 and "exited unexpectedly (code -9). Shutting down" in log
+              and kills.other_child_finished == 2 and kills.other_child_held_at_exit == 0,
+              f"exit {kills.master_exit} after {kills.master_exit_s:.1f} s; the other child finished its "
+              f"{kills.other_child_finished} running, held {kills.other_child_held_at_exit} at the exit; "
+              f"the killed child's {first.held} came back after {first.back_after_s:.2f} s")
+
+    term = seen.sigterm
+    run.check(PROCESS_LESSONS[6], term.held == 4 and term.requeued == 2 and 0 <= term.stopping_after_s <= 1.2
+              and term.requeued_after_s >= term.stopping_after_s + 1.4,
+              f"2 running, 2 prefetched; `Shutting down...` {term.stopping_after_s:.2f} s after the SIGTERM; "
+              f"the {term.requeued} prefetched back on e05 after {term.requeued_after_s:.2f} s "
+              f"(--worker-shutdown-timeout 1500)")
+
+    run.check(PROCESS_LESSONS[7], term.short_finished and term.abandoned == 1 and term.exit_code == 0
+              and term.long_started == 2 and term.back_after_s >= term.requeued_after_s + HEARTBEAT_MS / 1000 - 0.15,
+              f"the 1200 ms one finished; the 4000 ms one was abandoned (exit code {term.exit_code}), back on e05 "
+              f"{term.back_after_s:.2f} s after the SIGTERM, and started again")
+
+    if seen.restarts is None:
+        for test in PROCESS_LESSONS[8:]:
+            run.skip(test, "needs redis-server installed here: the scenario restarts a private one (never yours)")
+        return
+    plain, aof = seen.restarts
+    run.check(PROCESS_LESSONS[8], all(r.worker_alive and r.ran_after == 5 for r in seen.restarts),
+              f"the worker stayed up and ran 5 of 5 sent after each restart; "
+              f"connection errors in its log: {plain.connection_errors} and {aof.connection_errors}")
+    run.check(PROCESS_LESSONS[9], plain.queued_after == 0 and plain.ran_before == 10 - plain.queued
+              and aof.queued_after == aof.queued > 0 and aof.ran_before == 10,
+              f"10 sent before, {plain.queued} of them waiting in Redis: persistence off, {plain.queued_after} "
+              f"left and {plain.ran_before} ran (the one the worker held); appendonly yes, "
+              f"{aof.queued_after} left and {aof.ran_before} ran")

@@ -1,0 +1,332 @@
+"""e05's lessons: what a crash leaves in Redis, what brings it back, what runs twice, and what is lost.
+
+The tests in this process run on both brokers and simulate a dead worker the way Redis sees one:
+a broker id that fetched messages and never called again. The tests with real processes and
+signals share one run of the scenario's phases on a private redis-server (``crashes``).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import importlib
+import json
+import logging
+import math
+from dataclasses import asdict
+from types import ModuleType, SimpleNamespace
+
+import pytest
+from click.testing import CliRunner
+from dramatiq.brokers.redis import DEFAULT_HEARTBEAT_TIMEOUT, DEFAULT_MAINTENANCE_CHANCE, MAINTENANCE_SCALE, RedisBroker
+
+import lab
+from conftest import RedisServer, need_redis_server
+from lab import experiments
+from lab.keys import key
+
+
+@pytest.fixture
+def e05(load, recorder) -> ModuleType:
+    """The experiment, bound to this test's broker, with a recorder on it (no worker yet)."""
+    return load("e05")
+
+
+@pytest.fixture
+def scene(e05) -> ModuleType:
+    """The scenario's helpers: ``dies_holding`` (a worker that fetched and died) and ``recover``."""
+    return importlib.import_module("scenarios.e05_crash_recovery")
+
+
+def ready_ids(broker) -> list[str]:
+    return [i.decode() for i in broker.client.lrange(key(broker, "e05"), 0, -1)]
+
+
+def tuned(broker, heartbeat_timeout: int = 50) -> None:
+    """Recovery as fast as a test wants it: dead after 50 ms, maintenance on every dispatch call."""
+    broker.heartbeat_timeout, broker.maintenance_chance = heartbeat_timeout, MAINTENANCE_SCALE
+
+
+# -- in this process, on both brokers ---------------------------------------------------------------------------------
+
+
+def test_recovery_needs_a_stale_heartbeat_and_maintenance_for_that_queue(broker, e05, scene):
+    # Given a worker that fetched a deposit and died, and another deposit sent after
+    lost = e05.deposit.send(1, 0)
+    [held] = scene.dies_holding(broker)
+    dead_acks = list(broker.client.scan_iter(key(broker, "__acks__.*.e05")))
+    later = e05.deposit.send(1, 0)
+    tuned(broker, heartbeat_timeout=200)
+    # when maintenance runs while its heartbeat is fresh, then with it stale but no maintenance drawn,
+    # then for another queue: nothing comes back
+    broker.do_qsize("e05")
+    assert lab.wait_until(lambda: scene.others_stale(broker), timeout=5)
+    broker.maintenance_chance = 0
+    broker.do_qsize("e05")
+    broker.maintenance_chance = MAINTENANCE_SCALE
+    broker.do_qsize("e05-elsewhere")
+    assert ready_ids(broker) == [later.options["redis_message_id"]]
+    assert len(dead_acks) == 1 and broker.client.exists(dead_acks[0])
+    # then maintenance for e05 puts it back, at the tail, with the same redis id; the acks set goes
+    broker.do_qsize("e05")
+    assert ready_ids(broker) == [later.options["redis_message_id"], lost.options["redis_message_id"]]
+    assert held.options["redis_message_id"] == lost.options["redis_message_id"]
+    assert not broker.client.exists(dead_acks[0])
+    # and so does the dead worker's heartbeat, once it holds nothing
+    beats = {b.decode() for b in broker.client.zrange(key(broker, "__heartbeats__"), 0, -1)}
+    assert beats == {broker.broker_id}
+
+
+def test_a_recovered_message_comes_back_with_retries_still_0(broker, e05, scene, recorder, start_worker):
+    # Given a deposit that three workers fetched and died with
+    message = e05.deposit.send(1, 0)
+    tuned(broker)
+    retries_seen, redis_ids = [], set()
+    for _ in range(3):
+        [held] = scene.dies_holding(broker)
+        retries_seen.append(held.options.get("retries", 0))
+        redis_ids.add(held.options["redis_message_id"])
+        scene.recover(broker)
+    # when a live worker gets it
+    start_worker(threads=1)
+    broker.join("e05", timeout=5000)
+    # then it was never counted as a retry: max_retries cannot stop what a crash brings back
+    assert retries_seen == [0, 0, 0] and len(redis_ids) == 1
+    assert [(a.message_id, a.number, a.outcome) for a in recorder.attempts] == [(message.message_id, 1, "ok")]
+
+
+def test_delivery_limit_dead_letters_a_message_started_too_often_without_running_it(broker, e05, scene, recorder,
+                                                                                     start_worker, caplog):
+    # Given a deposit with max_deliveries=2 that two workers started and died with
+    message = e05.deposit.send_with_options(args=(7, 0), max_deliveries=2)
+    tuned(broker)
+    limit = next(m for m in broker.middleware if type(m).__name__ == "DeliveryLimit")
+    counter = e05.key(f"deliveries:{message.options['redis_message_id']}")
+    for _ in range(2):
+        [held] = scene.dies_holding(broker)
+        limit.before_process_message(broker, held)
+        scene.recover(broker)
+    assert int(broker.client.get(counter)) == 2
+    # when a live worker gets it a third time
+    caplog.set_level(logging.WARNING)
+    start_worker(threads=1)
+    assert lab.wait_until(lambda: lab.dead_letters(broker, "e05"), timeout=5)
+    # then it is dead-lettered without running: no start, no deposit, a warning, and its count forgotten
+    assert [(a.number, a.outcome) for a in recorder.attempts] == [(1, "skipped")]
+    assert [d.message.message_id for d in lab.dead_letters(broker, "e05")] == [message.message_id]
+    assert broker.client.llen(e05.key("starts")) == 0 and broker.client.get(e05.key("counter")) is None
+    warnings = [r.getMessage() for r in caplog.records if r.name.endswith("DeliveryLimit")]
+    assert warnings == ["deposit(7, 0) started 2 times and never finished: dead-lettered"]
+    assert not broker.client.exists(counter)
+
+
+def test_delivery_limit_counts_a_crash_but_not_a_retry(broker, e05, recorder, start_worker):
+    # Given a declined deposit (it raises, 2 retries) limited to a single delivery
+    message = e05.deposit.send_with_options(args=(-5, 0), max_deliveries=1, min_backoff=10, max_backoff=20)
+    # when a worker runs it
+    start_worker(threads=1)
+    assert lab.wait_until(lambda: lab.dead_letters(broker, "e05"), timeout=5)
+    # then every retry ran: a try's count is forgotten when it ends, and a retry is a new enqueue
+    # with a new redis id, so each try is a first delivery
+    assert [(a.message_id, a.number, a.outcome) for a in recorder.attempts] == [
+        (message.message_id, 1, "retried"), (message.message_id, 2, "retried"), (message.message_id, 3, "failed")]
+    assert list(broker.client.scan_iter(e05.key("deliveries:*"))) == []  # each count forgotten when its try ended
+
+
+def test_a_failing_deposit_retries_while_others_flow_then_is_dead_lettered(broker, e05, recorder, start_worker):
+    # Given, on one thread, a declined deposit sent first and five good ones after it
+    declined = e05.deposit.send_with_options(args=(-5, 0), min_backoff=20, max_backoff=40)
+    others = [e05.deposit.send(1, 0) for _ in range(5)]
+    # when the worker has run them all
+    start_worker(threads=1)
+    assert lab.wait_until(lambda: lab.dead_letters(broker, "e05"), timeout=5)
+    # then the good ones ran during its first backoff, and it ended in the dead letters
+    order = [(a.message_id, a.outcome) for a in recorder.attempts]
+    assert order[:6] == [(declined.message_id, "retried")] + [(m.message_id, "ok") for m in others]
+    assert order[6:] == [(declined.message_id, "retried"), (declined.message_id, "failed")]
+    assert [d.message.message_id for d in lab.dead_letters(broker, "e05")] == [declined.message_id]
+    assert broker.client.get(e05.key("counter")) == b"5"
+
+
+def test_the_e05_variables_tune_the_brokers_recovery_and_a_bad_one_is_one_line_and_exit_2(monkeypatch, capsys):
+    monkeypatch.setattr(lab.broker, "_broker", None)  # restored after the test
+
+    def import_e05() -> ModuleType:
+        """Import e05 as a new process would: on a broker of its own (never connected here)."""
+        lab.use_broker(lab.make_broker(lab.MEMORY_URL))
+        return experiments.load(experiments.find("e05"))
+
+    # Unset, the broker keeps Dramatiq's defaults
+    assert (import_e05().broker.heartbeat_timeout, lab.setup_broker().maintenance_chance) == (60_000, 1000)
+    # Set, they change this process's broker, so every experiment it loads
+    monkeypatch.setenv("e05_heartbeat_timeout", "2000")
+    monkeypatch.setenv("e05_maintenance_chance", "1000000")
+    e05 = import_e05()
+    assert (e05.broker.heartbeat_timeout, e05.broker.maintenance_chance) == (2000, 1_000_000)
+    # A bad one ends the process, a sender's or a worker's, with one line and exit 2
+    monkeypatch.setenv("e05_heartbeat_timeout", "2s")
+    with pytest.raises(SystemExit) as exit_:
+        import_e05()
+    assert exit_.value.code == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.endswith(": e05_heartbeat_timeout='2s' must be a whole number from 100 to 86400000")
+
+
+def test_sender_counts_sent_finished_twice_lost_and_resets(broker, e05, start_worker):
+    runner = CliRunner()
+    sent = runner.invoke(e05.main, ["deposit", "3", "--ms", "0"])
+    assert sent.exit_code == 0 and sent.output == "sent 3 x deposit(1, 0)  queue=e05\n"
+    start_worker()
+    broker.join("e05", timeout=5000)
+    counted = runner.invoke(e05.main, ["count", "--reset"])
+    assert counted.exit_code == 0
+    assert [line.split() for line in counted.output.splitlines()] == [
+        ["sent", "3"], ["finished", "3"], ["ran", "twice", "0"], ["lost", "0"], ["sum", "sent", "3"],
+        ["counter", "3"], ["ledger", "3"]]
+    assert e05.counts() == {"sent": 0, "finished": 0, "ran twice": 0, "lost": 0, "sum sent": 0, "counter": 0,
+                            "ledger": 0}
+
+
+def test_sender_sends_poison_with_its_delivery_limit_and_no_worker_runs_it_here(broker, e05):
+    # (No worker in this test: a worker in this process would be the one poison() kills.)
+    result = CliRunner().invoke(e05.main, ["poison", "--max-deliveries", "0"])
+    assert result.exit_code == 0 and result.output.startswith("sent poison()  id=")
+    [queued] = broker.client.hvals(key(broker, "e05.msgs"))
+    assert json.loads(queued)["options"]["max_deliveries"] == 0
+
+
+@pytest.mark.parametrize(("args", "says"), [
+    (["deposit", "0"], "Invalid value for 'N': 0 is not in the range 1<=x<=10000."),
+    (["deposit", "3", "--amount", "1001"], "1001 is not in the range -1000<=x<=1000."),
+    (["deposit", "3", "--ms", "-1"], "-1 is not in the range 0<=x<=60000."),
+    (["poison", "--max-deliveries", "101"], "101 is not in the range 0<=x<=100."),
+    (["count", "--reset", "now"], "Got unexpected extra argument (now)"),
+])
+def test_sender_rejects_bad_input_with_a_one_line_usage_error(e05, args, says):
+    result = CliRunner().invoke(e05.main, args)
+    assert result.exit_code == 2 and result.output.count("\n") == 1 and says in result.output, result.output
+
+
+def test_with_the_defaults_recovery_waits_60_s_then_about_1000_fetches():
+    # Dramatiq's defaults: a worker is dead after 60 s without a heartbeat, and maintenance is drawn
+    # on 1000 in a million dispatch calls (never on ack or nack); an idle consumer fetches once per
+    # worker_timeout, 1000 ms (tests/test_e03_delays.py::test_an_idle_consumer_polls_at_most_every_worker_timeout).
+    assert (DEFAULT_HEARTBEAT_TIMEOUT, DEFAULT_MAINTENANCE_CHANCE, MAINTENANCE_SCALE) == (60_000, 1000, 1_000_000)
+    scene = importlib.import_module("scenarios.e05_crash_recovery")
+    seconds = scene.default_recovery()
+    assert seconds["heartbeat"] == 60
+    assert math.isclose(seconds["median"], 60 + 692.8, abs_tol=1) and seconds["mean"] == 1060
+    assert math.isclose(seconds["p95"], 60 + 2994.2, abs_tol=1)
+    # and Dramatiq's own draw agrees: fetches until the first maintenance, 400 times over
+    draw = RedisBroker(url="redis://127.0.0.1:1/0")._should_do_maintenance  # never connects
+    fetches = []
+    for _ in range(400):
+        n = 1
+        while not draw("fetch"):
+            n += 1
+        fetches.append(n)
+    assert 550 < sorted(fetches)[200] < 850 and 800 < sum(fetches) / 400 < 1200
+
+
+# -- real processes and signals, on a private redis-server ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def crashes(tmp_path_factory, worker_id) -> SimpleNamespace:
+    """The scenario's phases with real processes, run once per test session on a private redis-server.
+
+    Under pytest-xdist, whichever worker comes first runs them, under a file lock in the session's
+    shared temporary directory, and the others read its observations (xdist's documented way to run
+    a fixture once). Each phase stops its processes and its redis-servers, even when it fails.
+    """
+    need_redis_server()
+    shared = tmp_path_factory.getbasetemp()
+    shared = shared.parent if worker_id != "master" else shared
+    observed = shared / "e05-crashes.json"
+    with open(shared / "e05-crashes.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not observed.exists():
+            with RedisServer() as server:
+                scene = importlib.import_module("scenarios.e05_crash_recovery")
+                observed.write_text(json.dumps(asdict(scene.play_crashes(server.url, "e05-tests"))))
+    return json.loads(observed.read_text(),
+                      object_hook=lambda d: SimpleNamespace(**d) if all(k.isidentifier() for k in d) else d)
+
+
+@pytest.mark.e2e
+def test_a_killed_worker_leaves_its_running_and_prefetched_messages_in_its_acks_set(crashes):
+    # Given `dramatiq --processes 2 --threads 2`, each child running 2 deposits of 1 s with 2 prefetched
+    status, first = crashes.kills.status, crashes.kills.kills[0]
+    assert status == {"ready": 92, "in_flight": 8, "held by the child killed": 4}
+    # when one child is SIGKILLed, then its acks set still holds all 4: 2 running, 2 never started
+    assert (first.how, first.held, first.running) == ("SIGKILL one child of --processes 2", 4, 2)
+
+
+@pytest.mark.e2e
+def test_tuned_recovery_brings_them_back_one_heartbeat_timeout_after_the_kill(crashes):
+    # heartbeat_timeout 1000 ms, maintenance on every call, a new worker started at each kill
+    back = [k.back_after_s for k in crashes.kills.kills]
+    assert len(back) == 3 and all(0.85 <= s <= 3 for s in back), back
+
+
+@pytest.mark.e2e
+def test_100_deposits_through_3_kills_all_finish_and_some_run_twice(crashes):
+    counts = crashes.kills.counts
+    assert (counts["sent"], counts["finished"], counts["lost"]) == (100, 100, 0)
+    assert counts["ran twice"] >= 2 + 1 + 1  # at least what was running at each kill
+    assert [k.how for k in crashes.kills.kills][1:] == ["SIGKILL a whole worker"] * 2
+
+
+@pytest.mark.e2e
+def test_a_rerun_adds_to_the_counter_again_but_rewrites_the_same_ledger_entry(crashes):
+    counts, reruns = crashes.kills.counts, crashes.kills.reruns
+    assert counts["ledger"] == counts["sum sent"] == 100
+    assert reruns >= 4 and counts["counter"] == 100 + reruns
+
+
+@pytest.mark.e2e
+def test_a_poison_message_kills_a_worker_per_delivery_until_the_limit_dead_letters_it(crashes):
+    poison = crashes.poison
+    assert poison.exit_codes == [1, 1]  # each master exits 1 once its only child is SIGKILLed
+    assert poison.retries == 0 and poison.dead_lettered and poison.last_worker_alive
+    assert poison.guard_line == "[WARNING] poison() started 2 times and never finished: dead-lettered"
+
+
+@pytest.mark.e2e
+def test_when_one_child_of_processes_2_dies_the_master_stops_the_other_and_exits_1(crashes):
+    kills = crashes.kills
+    assert kills.master_exit == 1
+    critical = [line for line in kills.master_log if line.startswith("[CRITICAL]")]
+    assert len(critical) == 1 and critical[0].endswith("exited unexpectedly (code -9). Shutting down...")
+    assert "[INFO] Stopping worker process..." in kills.master_log
+    assert kills.master_log[-1] == "[INFO] Worker has been shut down."  # the other child, gracefully
+    assert kills.other_child_finished == 2 and kills.other_child_held_at_exit == 0
+
+
+@pytest.mark.e2e
+def test_sigterm_requeues_the_prefetched_only_when_the_shutdown_timeout_is_over(crashes):
+    term = crashes.sigterm
+    assert term.held == 4 and term.requeued == 2
+    assert 0 <= term.stopping_after_s <= 1.2  # the worker process looks at its stop flag once a second
+    assert term.requeued_after_s >= term.stopping_after_s + 1.5 - 0.05  # --worker-shutdown-timeout 1500
+
+
+@pytest.mark.e2e
+def test_sigterm_abandons_a_task_past_the_shutdown_timeout_and_it_comes_back_later(crashes):
+    term = crashes.sigterm
+    assert term.short_finished and term.abandoned == 1 and term.exit_code == 0
+    assert term.back_after_s >= term.requeued_after_s + 1.0 - 0.15 and term.long_started == 2
+
+
+@pytest.mark.e2e
+def test_a_worker_rides_out_a_redis_restart_and_runs_what_is_sent_after(crashes):
+    assert [(r.appendonly, r.worker_alive, r.ran_after) for r in crashes.restarts] == [(False, True, 5),
+                                                                                     (True, True, 5)]
+
+
+@pytest.mark.e2e
+def test_a_restart_without_persistence_loses_the_queue_and_appendonly_keeps_it(crashes):
+    plain, aof = crashes.restarts
+    # 1 running, 1 prefetched, 9 waiting in Redis when it restarted
+    assert (plain.held, plain.queued, aof.held, aof.queued) == (2, 9, 2, 9)
+    assert (plain.queued_after, plain.ran_before) == (0, 1)  # only the one the worker held in memory ran
+    assert (aof.queued_after, aof.ran_before) == (9, 10)
