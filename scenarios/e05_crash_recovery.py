@@ -487,7 +487,7 @@ def check_crashes(run: lab.Run, seen: Crashes) -> None:
               f"the killed child's {first.held} came back after {first.back_after_s:.2f} s")
 
     term = seen.sigterm
-    run.check(PROCESS_LESSONS[6], term.held == 4 and term.requeued == 2 and 0 <= term.stopping_after_s <= 1.2
+    run.check(PROCESS_LESSONS[6], term.held == 4 and term.requeued == 2 and 0 <= term.stopping_after_s <= 1.5
               and term.requeued_after_s >= term.stopping_after_s + 1.4,
               f"2 running, 2 prefetched; `Shutting down...` {term.stopping_after_s:.2f} s after the SIGTERM; "
               f"the {term.requeued} prefetched back on e05 after {term.requeued_after_s:.2f} s "

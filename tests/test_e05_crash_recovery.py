@@ -263,9 +263,11 @@ def test_a_killed_worker_leaves_its_running_and_prefetched_messages_in_its_acks_
 
 @pytest.mark.e2e
 def test_tuned_recovery_brings_them_back_one_heartbeat_timeout_after_the_kill(crashes):
-    # heartbeat_timeout 1000 ms, maintenance on every call, a new worker started at each kill
+    # heartbeat_timeout 1000 ms, maintenance on every call, a new worker started at each kill: never
+    # before the dead one's last heartbeat is 1 s old (it beat at most 100 ms before the kill); the upper
+    # bound leaves room for a loaded machine, where the new worker boots slowly
     back = [k.back_after_s for k in crashes.kills.kills]
-    assert len(back) == 3 and all(0.85 <= s <= 3 for s in back), back
+    assert len(back) == 3 and all(0.85 <= s <= 4 for s in back), back
 
 
 @pytest.mark.e2e
@@ -306,7 +308,7 @@ def test_when_one_child_of_processes_2_dies_the_master_stops_the_other_and_exits
 def test_sigterm_requeues_the_prefetched_only_when_the_shutdown_timeout_is_over(crashes):
     term = crashes.sigterm
     assert term.held == 4 and term.requeued == 2
-    assert 0 <= term.stopping_after_s <= 1.2  # the worker process looks at its stop flag once a second
+    assert 0 <= term.stopping_after_s <= 1.5  # the worker process looks at its stop flag once a second
     assert term.requeued_after_s >= term.stopping_after_s + 1.5 - 0.05  # --worker-shutdown-timeout 1500
 
 
