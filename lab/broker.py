@@ -117,7 +117,7 @@ def use_broker(broker: RedisBroker) -> RedisBroker:
     """Make ``broker`` the process's broker, for the lab and for dramatiq."""
     global _broker
     _broker = broker
-    use_url(broker.lab_url)
+    use_url(getattr(broker, "lab_url", MEMORY_URL))  # a StubBroker, say, has no URL: nothing to mask
     dramatiq.set_broker(broker)
     return broker
 

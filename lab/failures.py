@@ -76,7 +76,7 @@ def explain(exc: BaseException, url: str) -> Failure | None:
 
 
 def _usage_line(exc: click.UsageError) -> str:
-    line = exc.format_message().rstrip()
+    line = " ".join(exc.format_message().split())  # one line, even for click's "Choose from:" lists
     if not line.endswith((".", "!", "?")):
         line += "."
     if exc.ctx is not None:
