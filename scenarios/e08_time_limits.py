@@ -75,7 +75,7 @@ def scenario(run: lab.Run) -> None:
     skipped = run.attempts("spin", 10)
     run.check("test_a_message_older_than_max_age_is_skipped_unrun_into_the_dead_letters",
               [a.outcome for a in skipped] == ["skipped"] and stale.message_id in dead,
-              f"due after 300 ms with max_age=100: {[a.outcome for a in skipped]}; in e08.XQ: {stale.message_id in dead}")
+              f"due after 300 ms, max_age=100: {[a.outcome for a in skipped]}; in e08.XQ: {stale.message_id in dead}")
 
     retried = run.attempts("flaky", 1)
     run.check("test_max_age_counts_from_the_first_send_so_a_retry_can_age_out",
