@@ -79,6 +79,10 @@ def _handler_keeping_connections(base: type, on_error: Callable[[tuple, redis.Re
     """A subclass of fakeredis's request handler that keeps the connection after an error reply."""
 
     class Handler(base):
+        # Answer at once: with Nagle's algorithm on, a WATCH/MULTI/EXEC transaction waited for
+        # delayed ACKs, 42-48 ms instead of 0.6-0.8 ms (measured on loopback).
+        disable_nagle_algorithm = True
+
         def setup(self) -> None:
             super().setup()
             peer = self.client_address
