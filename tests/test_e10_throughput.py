@@ -1,0 +1,284 @@
+"""e10's lessons: what limits Dramatiq's throughput and latency, and a benchmark whose counts add up.
+
+No test here asserts a speed: the figures are in README.rst, from measured runs. These tests prove
+the mechanisms behind the figures (prefetch, the consumer's sleeps, the GIL), and that a tiny run
+of the benchmark, with real `dramatiq` processes on redis-server, loses nothing and leaves nothing.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from typing import Any
+
+import dramatiq
+import fakeredis
+import pytest
+import redis
+from click.testing import CliRunner
+from dramatiq.brokers.stub import StubBroker
+
+import lab
+from benchmarks import e10_bench
+from conftest import free_port
+from lab import experiments
+from lab.keys import key
+from lab.server import EmbeddedRedis
+
+NAMESPACE = "e10-test"
+
+
+def run_tiny(url: str) -> dict[str, Any]:
+    """One run of the benchmark's tiny plan on ``url``: a few hundred messages, real processes."""
+    broker = lab.use_broker(lab.make_broker(url))
+    e10 = experiments.load(experiments.find("e10"))
+    try:
+        report = e10_bench.measure(e10, url, e10_bench.PLANS["tiny"], namespace=NAMESPACE)
+        report["keys_after"] = [k.decode() for k in broker.client.scan_iter(f"{NAMESPACE}*")]
+        return report
+    finally:
+        broker.close()
+
+
+@pytest.fixture(scope="module")
+def tiny(redis_server: str, tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> dict[str, Any]:
+    """The tiny run's report, made once for the whole test session: each test below reads one finding.
+
+    Under pytest-xdist the first worker process to get here runs it, and the others read its report
+    (the pattern pytest-xdist documents for a fixture that must run once).
+    """
+    if worker_id == "master":
+        return run_tiny(redis_server)
+    shared = tmp_path_factory.getbasetemp().parent
+    with open(shared / "e10-tiny.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        saved = shared / "e10-tiny-report.json"
+        if not saved.exists():
+            saved.write_text(json.dumps(run_tiny(redis_server)))
+        return json.loads(saved.read_text())
+
+
+@pytest.fixture
+def sleeps(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The consumer's sleeps, in whole ms, recorded instead of slept."""
+    slept: list[int] = []
+    monkeypatch.setattr(dramatiq.brokers.redis.time, "sleep", lambda seconds: slept.append(round(seconds * 1000)))
+    return slept
+
+
+# -- the benchmark, end to end: every count adds up ---------------------------------------------
+
+
+@pytest.mark.e2e
+def test_a_tiny_run_ran_every_message_it_sent_exactly_once(tiny):
+    counts = tiny["consistency"]
+    # Given every batch the run sent to a worker (drains, warm-ups, latency runs, idle probes)
+    assert counts["batches"] >= 20 and counts["sent"] >= 300, counts
+    # then the actors' own tallies add up to it, batch by batch: nothing lost, nothing run twice
+    assert counts["processed"] == counts["sent"]
+    assert [p for p in counts["problems"] if ", ran " in p or "never sent" in p] == []
+
+
+@pytest.mark.e2e
+def test_a_tiny_run_leaves_nothing_in_any_queue_and_nothing_unacked(tiny):
+    # Given the run has ended: no message ready, stored, delayed, dead, or held unacked by a worker
+    assert tiny["consistency"]["left"] == {}
+    assert tiny["consistency"]["ok"], tiny["consistency"]["problems"]
+    # and it deleted every key of its namespaces (<ns>, <ns>-send, <ns>-idle1000, <ns>-idle100)
+    assert tiny["keys_after"] == []
+
+
+@pytest.mark.e2e
+def test_a_tiny_run_stops_every_worker_process_with_exit_code_0(tiny):
+    workers = tiny["consistency"]["workers"]
+    # Given the four dramatiq workers it started: two setups and two idle probes
+    assert [w["label"] for w in workers] == ["1×1", "1×2, prefetch 8", "idle probe, worker_timeout 1000",
+                                             "idle probe, worker_timeout 100"]
+    # then each stopped on SIGTERM with exit code 0, master and worker process alike, and none is left
+    assert [w["exit_code"] for w in workers] == [0, 0, 0, 0]
+    assert all(len(w["pids"]) == 2 and w["still_alive"] == [] for w in workers), workers
+    assert [pid for w in workers for pid in w["pids"] if e10_bench.alive(pid)] == []
+
+
+@pytest.mark.e2e
+def test_the_report_has_every_field(tiny):
+    assert e10_bench.missing_fields(tiny) == []
+    # every figure is a median with its range over the runs (the ceiling's: 3 at the start, 3 at the end)
+    assert len(tiny["ceiling"]["single"]["runs"]) == 6
+    rates = [row["rate"] for row in tiny["processing"]]
+    assert [(row["config"], row["kind"]) for row in tiny["processing"]] == [
+        ("1×1", "noop"), ("1×2, prefetch 8", "noop"), ("1×2, prefetch 8", "io"), ("1×2, prefetch 8", "cpu")]
+    assert all(len(r["runs"]) == 3 and r["min"] <= r["median"] <= r["max"] for r in rates), rates
+    for load in ("light", "saturated"):
+        assert [tiny["latency"][load][f"p{p}"]["median"] > 0 for p in (50, 95, 99)] == [True] * 3
+    assert [tiny["latency"][f"idle_{t}"]["samples"] for t in (1000, 100)] == [3, 3]
+    # redis-server adds what only it can tell: Lua calls and its own CPU per message
+    assert all(row["dispatch_per_message"]["median"] >= 1 for row in tiny["processing"])
+    assert tiny["conditions"]["real_redis"] is True and tiny["conditions"]["note"] == ""
+
+
+# -- prefetch, and the consumer's sleeps: the 1-thread trap ----------------------------------------
+
+
+def test_prefetch_is_twice_the_threads_unless_dramatiq_queue_prefetch_sets_it_at_import():
+    assert [dramatiq.Worker(StubBroker(), worker_threads=n).queue_prefetch for n in (1, 8)] == [2, 16]
+    code = ("import os, dramatiq\n"
+            "from dramatiq.brokers.stub import StubBroker\n"
+            "os.environ['dramatiq_queue_prefetch'] = '9'  # too late: read when dramatiq.worker was imported\n"
+            "print([dramatiq.Worker(StubBroker(), worker_threads=n).queue_prefetch for n in (1, 8)])")
+    env = dict(os.environ, dramatiq_queue_prefetch="64")
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=30)
+    assert result.stdout.split("\n")[0] == "[64, 64]", result.stderr  # per process, whatever the threads
+
+
+def test_a_consumer_holding_its_prefetch_sleeps_instead_of_fetching(load, broker, sleeps):
+    e10 = load("e10")
+    # Given three messages waiting, and the consumer of a 1-thread worker: prefetch 2
+    for _ in range(3):
+        e10.does_nothing.send("trap")
+    consumer = broker.consume(e10.QUEUE, prefetch=2, timeout=1000)
+    # when it has handed out two messages (one fetch) and neither is acked yet
+    first, second = next(consumer), next(consumer)
+    assert first is not None and second is not None and sleeps == []
+    # then it does not fetch the third, which waits in Redis: it sleeps, 5-9 ms, then 10-19, then 20-39,
+    # backing off as if the queue were empty, until an ack frees a slot
+    assert [next(consumer) for _ in range(3)] == [None, None, None]
+    assert broker.client.llen(key(broker, e10.QUEUE)) == 1
+    assert [5 <= sleeps[0] <= 9, 10 <= sleeps[1] <= 19, 20 <= sleeps[2] <= 39] == [True] * 3, sleeps
+    consumer.ack(first)
+    third = next(consumer)
+    assert third is not None and broker.client.llen(key(broker, e10.QUEUE)) == 0
+    consumer.close()
+
+
+def test_a_message_costs_one_enqueue_one_ack_and_a_prefetchth_of_a_fetch(load, broker, sleeps, monkeypatch):
+    e10 = load("e10")
+    dispatch, calls = broker.scripts["dispatch"], []
+
+    def counting(keys=None, args=None, client=None):
+        result = dispatch(keys=keys, args=args, client=client)
+        calls.append((args[0], len(result) if args[0] == "fetch" else 1))
+        return result
+
+    monkeypatch.setitem(broker.scripts, "dispatch", counting)
+    fetched = {}
+    for prefetch in (2, 10):
+        # Given ten messages sent, and a consumer that acks each one as it gets it
+        for _ in range(10):
+            e10.does_nothing.send("costs")
+        consumer = broker.consume(e10.QUEUE, prefetch=prefetch, timeout=100)
+        got = 0
+        while got < 10:
+            if (message := next(consumer)) is not None:
+                consumer.ack(message)
+                got += 1
+        consumer.close()
+        fetched[prefetch] = [n for command, n in calls if command == "fetch"]
+        # then each message took one Lua dispatch call to enqueue and one to ack
+        assert [c for c, _ in calls].count("enqueue") == 10 and [c for c, _ in calls].count("ack") == 10
+        calls.clear()
+    # and the fetches brought them in batches of at most prefetch: five calls with 2, one call with 10
+    assert fetched == {2: [2, 2, 2, 2, 2], 10: [10]}
+
+
+def test_an_idle_consumer_ends_up_sleeping_half_to_all_of_worker_timeout(broker, sleeps):
+    # Given a consumer on an empty queue with the default worker_timeout, 1000 ms
+    consumer = broker.consume("e10-idle0", prefetch=2, timeout=1000)
+    # when it finds nothing 12 times in a row
+    assert [next(consumer) for _ in range(12)] == [None] * 12
+    # then it sleeps 5-9 ms, then twice that each time (jittered up to x2) ...
+    assert [5 * 2**k <= ms < 10 * 2**k for k, ms in enumerate(sleeps[:7])] == [True] * 7, sleeps
+    # ... and after 0.6-1.3 s of nothing, every sleep is 500-1000 ms: a message sent now waits for the end of one
+    assert 635 <= sum(sleeps[:7]) < 1270 and all(500 <= ms <= 1000 for ms in sleeps[7:]), sleeps
+    consumer.close()
+
+
+def test_message_timestamp_is_the_senders_clock_in_whole_milliseconds():
+    before = time.time() * 1000
+    message = dramatiq.Message(queue_name="e10", actor_name="notes_its_latency", args=("t",), kwargs={}, options={})
+    after = time.time() * 1000
+    # set when the message is built, by the sender: latency = actor start - this, on one machine's clock
+    assert isinstance(message.message_timestamp, int) and before - 1 <= message.message_timestamp <= after
+
+
+# -- threads and processes ------------------------------------------------------------------------
+
+
+def run_in_threads(target, count: int) -> tuple[float, list[float]]:
+    """(wall seconds, each thread's CPU seconds) for ``count`` threads running ``target`` at once."""
+    cpu: list[float] = []
+
+    def timed() -> None:
+        started = time.thread_time()
+        target()
+        cpu.append(time.thread_time() - started)
+
+    threads = [threading.Thread(target=timed) for _ in range(count)]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return time.perf_counter() - started, cpu
+
+
+def test_threads_overlap_waits_on_io_but_not_burns_cpu(load):
+    e10 = load("e10")
+    # Given 8 threads that each wait 50 ms, as on a slow API: they wait together, not in turn
+    wall, _ = run_in_threads(lambda: e10.waits_on_io.fn("threads", 50), 8)
+    assert wall < 0.2, wall  # 8 x 50 ms in turn would be 0.4 s
+    # Given 2 threads of pure-Python arithmetic: they hold the GIL, so their CPU time never overlaps
+    wall, cpu = run_in_threads(lambda: e10.burns_cpu.fn("threads", 300_000), 2)
+    assert wall >= 0.9 * sum(cpu), (wall, cpu)  # on a free-threaded Python this would fail
+
+
+# -- the embedded server, and the command line ----------------------------------------------------
+
+
+def test_on_the_embedded_server_the_report_says_these_are_not_redis_figures():
+    with EmbeddedRedis(port=0) as server:
+        found = e10_bench.conditions(server.url)
+    assert found["server"] == f"fakeredis {fakeredis.__version__}" and found["real_redis"] is False
+    assert found["note"].startswith("NOT Redis figures: this is fakeredis")
+    # memory:// cannot be shared with worker processes: the run serves it over TCP instead
+    with e10_bench.reachable(lab.MEMORY_URL) as (url, embedded):
+        assert embedded and url.startswith("redis://127.0.0.1:") and redis.Redis.from_url(url).ping()
+
+
+def test_fakeredis_hello_without_a_version_breaks_the_next_nil_reply_on_its_connection():
+    with EmbeddedRedis(port=0) as server:
+        # Given a redis-py 8 connection (RESP3) that asked a bare HELLO: fakeredis says proto 2 ...
+        client = redis.Redis.from_url(server.url, socket_timeout=0.5)
+        hello = client.execute_command("HELLO")
+        assert hello[:2] == [b"server", b"fakeredis"] and hello[hello.index(b"proto") + 1] == 2
+        # ... and from then on answers nil the RESP2 way, which the RESP3 parser waits on until its timeout
+        with pytest.raises(redis.TimeoutError):
+            client.get("no-such-key")
+        # while a connection of its own is unaffected: conditions() asks HELLO on a throwaway one
+        assert redis.Redis.from_url(server.url).get("no-such-key") is None
+        client.close()
+
+
+@pytest.mark.parametrize(("args", "says"), [
+    (["--runs", "2"], "Invalid value for '--runs': 2 is not in the range 3<=x<=10."),
+    (["--runs", "many"], "Invalid value for '--runs': 'many' is not a valid integer range."),
+    (["--json", "--rst"], "--json and --rst each print the whole report: choose one."),
+    (["--bogus"], "No such option '--bogus'."),
+], ids=["runs-2", "runs-not-a-number", "json-and-rst", "unknown-option"])
+def test_bad_options_are_one_line_usage_errors(load, args, says):
+    e10 = load("e10")
+    result = CliRunner().invoke(e10.main, args)
+    assert result.exit_code == 2 and result.output.count("\n") == 1 and says in result.output, result.output
+
+
+def test_an_unreachable_redis_is_one_line_and_exit_3_before_any_process_starts(sender):
+    result = sender("e10_throughput.py", "--quick", url=f"redis://127.0.0.1:{free_port()}/0")
+    assert result.returncode == 3, result.stderr
+    assert result.stderr.count("\n") == 1 and "cannot reach Redis at" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr and result.stdout == ""
+
