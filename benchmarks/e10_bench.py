@@ -530,16 +530,18 @@ class Bench:
 
     def leftovers(self, namespace: str) -> dict[str, int]:
         """Whatever is still in Redis for the queues: ready, stored, delayed, dead, unacked."""
-        left = {}
-        for queue in (self.e10.QUEUE, *self.e10.IDLE_QUEUES):
+        left, queues = {}, (self.e10.QUEUE, *self.e10.IDLE_QUEUES)
+        for queue in queues:
             for suffix in ("", ".msgs", ".DQ", ".DQ.msgs", ".XQ"):
                 name = self.key(queue + suffix, namespace)
                 size = {b"list": self.client.llen, b"hash": self.client.hlen, b"zset": self.client.zcard}.get(
                     self.client.type(name), lambda _: 0)(name)
                 if size:
                     left[name] = size
-        for name in self.client.scan_iter(self.key("__acks__.*", namespace)):
-            if size := self.client.scard(name):
+        acks = self.key("__acks__.", namespace)
+        for name in self.client.scan_iter(f"{acks}*"):  # <ns>:__acks__.<broker id>.<queue>[.DQ]
+            queue = name.decode().removeprefix(acks).partition(".")[2].removesuffix(".DQ")
+            if queue in queues and (size := self.client.scard(name)):
                 left[name.decode()] = size
         return left
 

@@ -10,7 +10,10 @@ from benchmarks import e10_bench
 
 
 def scenario(run: lab.Run) -> None:
-    report = e10_bench.measure(e10, run.shared_url(), e10_bench.PLANS["scenario"], namespace=run.broker.namespace)
+    # A namespace of its own, under the run's (which deletes it too): the benchmark checks and deletes
+    # everything under its namespace, and `python -m lab run all` shares the run's with every experiment.
+    report = e10_bench.measure(e10, run.shared_url(), e10_bench.PLANS["scenario"],
+                               namespace=f"{run.broker.namespace}-e10")
     counts = report["consistency"]
     mismatched = [p for p in counts["problems"] if ", ran " in p or "never sent" in p]
     run.check("test_a_tiny_run_ran_every_message_it_sent_exactly_once",
