@@ -120,8 +120,8 @@ PLANS = {
                  )),
 }
 # For `python -m lab run e10`, which every test run of the lab plays twice: the fewest processes that still
-# give every field (one setup in every role, one sender process, the two idle probes).
-PLANS["scenario"] = replace(PLANS["tiny"], name="scenario", senders=1, configs=(
+# give every field (one setup in every role, one sender process, the two idle probes), each measured once.
+PLANS["scenario"] = replace(PLANS["tiny"], name="scenario", runs=1, senders=1, configs=(
     Config("1×2, prefetch 8", 1, 2, prefetch=8, kinds=("noop", "io"), roles=("trap", "raised", "recommended")),))
 
 

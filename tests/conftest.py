@@ -122,7 +122,7 @@ def load(broker) -> Callable[[str], ModuleType]:
 
 @pytest.fixture
 def dramatiq_worker() -> Iterator[Callable[..., WorkerProcess]]:
-    """Start the real ``dramatiq`` CLI (``--processes 1`` unless told); every one is stopped at teardown.
+    """Start the real ``dramatiq`` CLI (``--processes 1`` unless told); every one is killed at teardown.
 
     Its worker_timeout is 100 ms (``dramatiq_worker_timeout``), so it notices new work quickly.
     """
@@ -139,7 +139,9 @@ def dramatiq_worker() -> Iterator[Callable[..., WorkerProcess]]:
 
     yield start
     for worker in started:
-        worker.close()
+        # A test that checks a clean stop calls worker.stop() itself; the rest need not wait the
+        # 1-2 s a `dramatiq` process takes to stop (it checks its stop flag once a second).
+        worker.close(kill=True)
 
 
 @pytest.fixture

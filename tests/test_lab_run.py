@@ -43,9 +43,10 @@ def test_every_experiment_has_a_scenario_and_a_test_file():
 
 
 @pytest.mark.parametrize("name", WITH_SCENARIO)
-def test_every_scenario_holds_every_lesson(broker_url, name):
-    # Given one experiment's scenario, when `python -m lab run` plays it on this broker
-    result = invoke("run", name, "--redis", broker_url, "--json")
+def test_every_scenario_holds_every_lesson(real_redis_url, name):
+    # Given one experiment's scenario, when `python -m lab run` plays it on a real redis-server
+    # (test_run_all_plays_every_scenario_in_one_process plays them all on fakeredis)
+    result = invoke("run", name, "--redis", real_redis_url, "--json")
     # then every lesson it checks held, and each check prints a lesson of README.rst, cited by its test
     assert result.exit_code == 0, result.output
     [run] = json.loads(result.output)["runs"]
