@@ -199,14 +199,13 @@ def test_worker_cli_exits_3_with_one_error_line_when_redis_is_unreachable(dramat
     port = free_port()
     worker = dramatiq_worker("e01_hello_world", url=f"redis://:hunter2@127.0.0.1:{port}/0", ready=False)
     assert worker.wait(timeout=20) == lab.EXIT_UNREACHABLE
-    errors = sorted(line.split("] [", 4)[-1] for line in worker.output.splitlines()
-                    if "[ERROR]" in line or "[CRITICAL]" in line)  # the two processes' lines come in either order
-    assert len(errors) == 2, worker.output
-    assert errors[0].startswith("CRITICAL] Worker with PID ") and errors[0].endswith(
-        " exited unexpectedly (code 3). Shutting down...")
-    assert errors[1] == (f"ERROR] cannot reach Redis at redis://:***@127.0.0.1:{port}/0. Start one with "
-                         "`redis-server` (or `python -m lab serve` for the embedded one), or set DRAMATIQ_REDIS_URL "
-                         "to yours.")
+    errors = [line.split("] [", 4)[-1] for line in worker.output.splitlines() if "[ERROR]" in line]
+    assert errors == [f"ERROR] cannot reach Redis at redis://:***@127.0.0.1:{port}/0. Start one with "
+                      "`redis-server` (or `python -m lab serve` for the embedded one), or set DRAMATIQ_REDIS_URL "
+                      "to yours."], worker.output
+    # The master's note, when it gets out: it can lose its last lines when it exits right after its child.
+    notes = [line for line in worker.output.splitlines() if "[CRITICAL]" in line]
+    assert all(line.endswith("exited unexpectedly (code 3). Shutting down...") for line in notes), notes
     assert "Traceback" not in worker.output and "hunter2" not in worker.output
 
 

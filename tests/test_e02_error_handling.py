@@ -143,14 +143,20 @@ def test_maintenance_runs_on_one_dispatch_in_a_thousand_and_never_on_ack_or_nack
 
 def test_dead_letters_go_only_when_maintenance_runs_for_their_queue(load, broker, start_worker):
     assert RedisBroker(client=broker.client).dead_message_ttl == 7 * 86_400_000
+    # Given a dead letter in e02.XQ, and its worker stopped (its own fetches must not draw maintenance)
     e02 = load("e02")
     e02.aborted.send(UNLUCKY)
-    start_worker()
+    worker = start_worker()
     assert lab.wait_until(lambda: lab.dead_letters(broker, "e02"), timeout=5)
-    broker.dead_message_ttl, broker.maintenance_chance = 1, MAINTENANCE_SCALE  # expired; maintenance every call
-    broker.do_qsize("another-queue")  # maintenance ran, but for another queue
+    lab.stop_worker(worker)
+    # and a process whose every dispatch call runs maintenance, with dead letters expiring at once
+    sweeper = RedisBroker(client=broker.client, namespace=broker.namespace, dead_message_ttl=1,
+                          maintenance_chance=MAINTENANCE_SCALE)
+    # when maintenance runs for another queue, e02's dead letter stays
+    sweeper.do_qsize("another-queue")
     assert len(lab.dead_letters(broker, "e02")) == 1
-    broker.do_qsize("e02")  # maintenance for e02: its expired dead letters go
+    # and when it runs for e02, the expired dead letter goes
+    sweeper.do_qsize("e02")
     assert lab.dead_letters(broker, "e02") == []
 
 
