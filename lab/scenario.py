@@ -69,10 +69,14 @@ class Run:
     processes: list[WorkerProcess] = field(default_factory=list)
     _embedded: EmbeddedRedis | None = None
 
-    def start_worker(self, *, threads: int = 2, worker_timeout: int = 100) -> dramatiq.Worker:
-        """Start a worker in this process (stopping the one before, if any)."""
+    def start_worker(self, *, threads: int = 2, worker_timeout: int = 100, queues: set[str] | None = None,
+                     prefetch: int | None = None) -> dramatiq.Worker:
+        """Start a worker in this process (stopping the one before, if any), on ``queues`` (all,
+        unless told), holding ``prefetch`` messages a queue (twice the threads, unless told)."""
         self.stop_worker()
-        self.worker = dramatiq.Worker(self.broker, worker_threads=threads, worker_timeout=worker_timeout)
+        self.worker = dramatiq.Worker(self.broker, queues=queues, worker_threads=threads,
+                                      worker_timeout=worker_timeout)
+        self.worker.queue_prefetch = prefetch or self.worker.queue_prefetch
         self.worker.start()
         return self.worker
 

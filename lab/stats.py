@@ -27,3 +27,13 @@ def span(values: Sequence[float], fmt: str = "{:.0f}") -> str:
     """``values`` as a range, "low-high" (or one value when they agree), for a figure over several runs."""
     low, high = fmt.format(min(values)), fmt.format(max(values))
     return low if low == high else f"{low}-{high}"
+
+
+def most_at_once(intervals: Sequence[tuple[float, float]]) -> int:
+    """The most of ``intervals`` (start, end) that were open at the same moment: peak concurrency."""
+    edges = sorted([(start, 1) for start, _ in intervals] + [(end, -1) for _, end in intervals])
+    open_now = most = 0
+    for _, step in edges:
+        open_now += step
+        most = max(most, open_now)
+    return most

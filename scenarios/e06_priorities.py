@@ -3,36 +3,17 @@
 import signal
 import time
 
-import dramatiq
-
 import e06_priorities as e06
 import lab
+from lab.stats import most_at_once
 
 SLEEPS, MS = 20, 25  # the notes had 100 sleeps; 20 show the same, five times sooner
-
-
-def worker(run: lab.Run, queues: set[str], threads: int, prefetch: int | None = None) -> dramatiq.Worker:
-    """An in-process worker on ``queues`` only (run.start_worker serves every queue)."""
-    started = dramatiq.Worker(run.broker, queues=queues, worker_threads=threads, worker_timeout=100)
-    started.queue_prefetch = prefetch or started.queue_prefetch
-    started.start()
-    return started
-
-
-def overlapping(intervals: list[tuple[float, float]]) -> int:
-    """The most intervals that were open at the same moment."""
-    edges = sorted([(start, 1) for start, _ in intervals] + [(end, -1) for _, end in intervals])
-    open_now = most = 0
-    for _, step in edges:
-        open_now += step
-        most = max(most, open_now)
-    return most
 
 
 def scenario(run: lab.Run) -> None:
     # A real `dramatiq` process for the urgent queue and the CPU-bound one: 2 processes, 1 thread each.
     spawned = run.spawn_worker("e06_priorities", "--threads", "1", "--queues", e06.URGENT, e06.CPU, processes=2)
-    bulk = worker(run, {e06.QUEUE}, threads=1)  # the notes' worker: 1 thread, default prefetch (2)
+    run.start_worker(threads=1, queues={e06.QUEUE})  # the notes' worker: 1 thread, default prefetch (2)
     try:
         sleeps = [e06.sleepy.send(i, MS) for i in range(SLEEPS)]
         on_bulk, on_own = e06.greet.send("on e06"), e06.greet_urgent.send("on e06-urgent")
@@ -41,7 +22,7 @@ def scenario(run: lab.Run) -> None:
         waits["e06"] = on_bulk.get_result(block=True, timeout=10_000)
         cpu = [m.get_result(block=True, timeout=10_000) for m in crunches]
     finally:
-        lab.stop_worker(bulk)
+        run.stop_worker()
         run.broker.flush(e06.QUEUE)  # the sleeps left after the greeting
         spawned.signal(signal.SIGTERM)  # it takes about 2 s to stop: let it, while the rest runs here
     ids = {m.message_id for m in [*sleeps, on_bulk]}
@@ -54,7 +35,7 @@ def scenario(run: lab.Run) -> None:
               waits["e06-urgent"] < waits["e06"] / 2, f"the greeting waited {waits['e06']} ms on e06 and "
                                                        f"{waits['e06-urgent']} ms on e06-urgent")
     pids = {r["pid"] for r in cpu}
-    across = overlapping([(r["started"], r["ended"]) for r in cpu]) if len(pids) == 2 else 0
+    across = most_at_once([(r["started"], r["ended"]) for r in cpu]) if len(pids) == 2 else 0
     run.check("test_cpu_bound_actors_run_side_by_side_in_two_processes", len(pids) == 2 and across == 2,
               f"4 crunches ran in {len(pids)} processes, at most {across} at once")
 
@@ -63,11 +44,9 @@ def scenario(run: lab.Run) -> None:
     urged = e06.sleepy.send_with_options(args=(5, 5), priority=-50)  # a per-message priority: ignored
     rest = [e06.sleepy.send(i, 5) for i in range(6, SLEEPS)]
     greeting = e06.greet.send("prefetched")
-    held = worker(run, {e06.QUEUE}, threads=1, prefetch=50)  # started after the sends, as in the notes' table
-    try:
-        run.settle(e06.QUEUE, timeout=10)
-    finally:
-        lab.stop_worker(held)
+    run.start_worker(threads=1, queues={e06.QUEUE}, prefetch=50)  # started after the sends, as in the notes' table
+    run.settle(e06.QUEUE, timeout=10)
+    run.stop_worker()
     ids = [m.message_id for m in [*first, urged, *rest]]
     ran = [a for a in run.attempts() if a.message_id in {*ids, greeting.message_id}]
     position = [a.message_id for a in ran].index(greeting.message_id) + 1 if len(ran) == SLEEPS + 1 else 0
@@ -81,7 +60,7 @@ def scenario(run: lab.Run) -> None:
               f"sleepy(5), sent with priority=-50, ran {sleeps_order.index(5) + 1}th of the sleeps")
 
     # Threads: 4 sleeps of 200 ms overlap on 4 threads; 4 crunches on 4 threads share one core (the GIL).
-    threads = worker(run, {e06.QUEUE, e06.CPU}, threads=4)
+    run.start_worker(threads=4, queues={e06.QUEUE, e06.CPU})
     try:
         spawned.wait(timeout=5)  # stopped by now, so this process's threads run the crunches
         naps = [e06.sleepy.send(i, 200) for i in range(4)]
@@ -91,9 +70,9 @@ def scenario(run: lab.Run) -> None:
         run.settle(e06.CPU, timeout=20)
         cores = (time.process_time() - cpu_start) / (time.monotonic() - wall)
     finally:
-        lab.stop_worker(threads)
+        run.stop_worker()
     nap_ids = {m.message_id for m in naps}
-    together = overlapping([(a.started, a.ended or a.started) for a in run.attempts() if a.message_id in nap_ids])
+    together = most_at_once([(a.started, a.ended or a.started) for a in run.attempts() if a.message_id in nap_ids])
     run.check("test_a_sleeping_actor_runs_side_by_side_on_threads", together == 4,
               f"4 sleeps of 200 ms on 4 threads: {together} at once")
     crunch_ids = {m.message_id for m in crunched}

@@ -100,8 +100,12 @@ def start_worker(broker) -> Iterator[Callable[..., dramatiq.Worker]]:
     """Start in-process workers on ``broker`` (``worker_timeout=100``); all stop at teardown."""
     workers: list[dramatiq.Worker] = []
 
-    def start(threads: int = 2, worker_timeout: int = 100) -> dramatiq.Worker:
-        worker = dramatiq.Worker(broker, worker_threads=threads, worker_timeout=worker_timeout)
+    def start(threads: int = 2, worker_timeout: int = 100, *, queues: set[str] | None = None,
+              prefetch: int | None = None) -> dramatiq.Worker:
+        """A worker with ``threads`` threads, on ``queues`` (all, unless told), holding ``prefetch``
+        messages a queue (what ``dramatiq_queue_prefetch`` sets; twice the threads unless told)."""
+        worker = dramatiq.Worker(broker, queues=queues, worker_threads=threads, worker_timeout=worker_timeout)
+        worker.queue_prefetch = prefetch or worker.queue_prefetch
         worker.start()
         workers.append(worker)
         return worker

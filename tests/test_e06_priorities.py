@@ -8,7 +8,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from types import ModuleType
 
 import dramatiq
@@ -21,41 +21,15 @@ from dramatiq.worker import _WorkQueueItem
 import lab
 from conftest import WorkerProcess
 from lab import experiments
+from lab.stats import most_at_once
 from lab.urls import NAMESPACE_ENV
 
 SLEEPS = 20  # the notes had 100 low-priority sleeps; 20 show the same, five times sooner
 
 
-def overlapping(intervals: list[tuple[float, float]]) -> int:
-    """The most intervals that were open at the same moment."""
-    edges = sorted([(start, 1) for start, _ in intervals] + [(end, -1) for _, end in intervals])
-    open_now = most = 0
-    for _, step in edges:
-        open_now += step
-        most = max(most, open_now)
-    return most
-
-
 @pytest.fixture
 def e06(load) -> ModuleType:
     return load("e06")
-
-
-@pytest.fixture
-def workers() -> Iterator[Callable[..., dramatiq.Worker]]:
-    """In-process workers on chosen queues with a chosen prefetch (what dramatiq_queue_prefetch sets)."""
-    started: list[dramatiq.Worker] = []
-
-    def start(broker, *, queues: set[str] | None = None, threads: int = 1, prefetch: int | None = None):
-        worker = dramatiq.Worker(broker, queues=queues, worker_threads=threads, worker_timeout=100)
-        worker.queue_prefetch = prefetch or worker.queue_prefetch
-        worker.start()
-        started.append(worker)
-        return worker
-
-    yield start
-    for worker in started:
-        lab.stop_worker(worker)
 
 
 def test_a_high_priority_message_waits_behind_the_backlog_it_was_not_prefetched_with(e06, broker, recorder):
@@ -93,19 +67,19 @@ def test_the_queue_prefetch_is_twice_the_threads_unless_the_variable_set_it_at_i
     assert seven == "[7, 7, 7]"  # a total for each consumer, whatever the threads
 
 
-def test_within_one_priority_the_worker_runs_messages_in_the_order_it_fetched_them(e06, broker, recorder, workers):
+def test_within_one_priority_the_worker_runs_messages_in_the_order_it_fetched_them(e06, broker, recorder, start_worker):
     # Since 2.2.0 (pull request 857) the work queue orders by (priority, time put in), not by priority alone
     assert [f.name for f in dataclasses.fields(_WorkQueueItem) if f.compare] == ["priority", "_queued_time"]
     # Given 15 sleeps of one priority, all fetched at once by a 1-thread worker
     for i in range(15):
         e06.sleepy.send(i, 2)
-    workers(broker, queues={"e06"}, prefetch=50)
+    start_worker(threads=1, queues={"e06"}, prefetch=50)
     broker.join("e06", timeout=10_000)
     # then they ran in the order they were sent
     assert [a.args[0] for a in recorder.attempts] == list(range(15))
 
 
-def test_a_priority_option_on_one_message_is_kept_and_ignored(e06, broker, recorder, workers):
+def test_a_priority_option_on_one_message_is_kept_and_ignored(e06, broker, recorder, start_worker):
     # Given two sleeps, the second sent with priority=-50 (higher than greet's 0), then a greeting
     e06.sleepy.send(0, 1)
     urged = e06.sleepy.send_with_options(args=(1, 1), priority=-50)
@@ -113,7 +87,7 @@ def test_a_priority_option_on_one_message_is_kept_and_ignored(e06, broker, recor
     stored = Message.decode(broker.client.hget(lab.key(broker, "e06.msgs"), urged.options["redis_message_id"]))
     assert stored.options["priority"] == -50  # kept in the message, as any unknown option is
     # When a 1-thread worker fetches all three at once
-    workers(broker, queues={"e06"}, prefetch=10)
+    start_worker(threads=1, queues={"e06"}, prefetch=10)
     broker.join("e06", timeout=10_000)
     # then the actor's priority decided: the greeting ran before the "urgent" sleep, which kept its place
     order = [(a.actor, a.args[0]) for a in recorder.attempts]
@@ -121,11 +95,11 @@ def test_a_priority_option_on_one_message_is_kept_and_ignored(e06, broker, recor
     assert order.index(("sleepy", 0)) < order.index(("sleepy", 1)), order
 
 
-def test_on_a_queue_of_its_own_the_greeting_waits_for_a_thread_not_for_the_backlog(e06, broker, recorder, workers):
+def test_on_a_queue_of_its_own_the_greeting_waits_for_a_thread_not_for_the_backlog(e06, broker, recorder, start_worker):
     # Given a 1-thread worker that serves both queues, busy with 20 sleeps of 50 ms on e06
     for i in range(SLEEPS):
         e06.sleepy.send(i, 50)
-    workers(broker, queues={"e06", "e06-urgent"})
+    start_worker(threads=1, queues={"e06", "e06-urgent"})
     assert lab.wait_until(lambda: recorder.attempts, timeout=5)
     # When the greeting goes to e06-urgent: that queue's consumer fetches it at once, and its priority (0)
     # puts it ahead of the sleeps the worker holds (100)
@@ -137,14 +111,14 @@ def test_on_a_queue_of_its_own_the_greeting_waits_for_a_thread_not_for_the_backl
     assert order.index("greet_urgent") <= 5, order
 
 
-def test_a_big_prefetch_holds_messages_another_worker_could_run(e06, broker, recorder, workers):
+def test_a_big_prefetch_holds_messages_another_worker_could_run(e06, broker, recorder, start_worker):
     # Given a 1-thread worker with prefetch 50, which has fetched all 10 sleeps
     for i in range(10):
         e06.sleepy.send(i, 20)
-    first = workers(broker, queues={"e06"}, prefetch=50)
+    first = start_worker(threads=1, queues={"e06"}, prefetch=50)
     assert lab.wait_until(lambda: broker.client.llen(lab.key(broker, "e06")) == 0, timeout=5)
     # When a second worker with 4 idle threads starts
-    workers(broker, queues={"e06"}, threads=4)
+    start_worker(threads=4, queues={"e06"})
     broker.join("e06", timeout=10_000)
     # then it got none of them: the first worker's one thread ran all 10, one after another
     threads = {a.thread for a in recorder.attempts}
@@ -175,16 +149,20 @@ def e06_on_redis(real_redis_url: str, own_worker: WorkerProcess) -> Iterator[Mod
 
 
 @pytest.mark.e2e
-def test_a_queue_of_its_own_with_a_worker_of_its_own_does_not_wait_behind_the_bulk(e06_on_redis, workers):
+def test_a_queue_of_its_own_with_a_worker_of_its_own_does_not_wait_behind_the_bulk(e06_on_redis):
     e06 = e06_on_redis
     # Given a 1-thread worker on e06 (in this process) and a `dramatiq --queues e06-urgent e06-cpu` process
-    workers(e06.broker, queues={"e06"})
-    # When 20 sleeps of 25 ms go to e06, then the same greeting to e06 and to e06-urgent
-    for i in range(SLEEPS):
-        e06.sleepy.send(i, 25)
-    on_bulk, on_own = e06.greet.send("on e06"), e06.greet_urgent.send("on e06-urgent")
-    waited = {"e06": on_bulk.get_result(block=True, timeout=10_000),
-              "e06-urgent": on_own.get_result(block=True, timeout=10_000)}
+    bulk = dramatiq.Worker(e06.broker, queues={"e06"}, worker_threads=1, worker_timeout=100)
+    bulk.start()
+    try:
+        # When 20 sleeps of 25 ms go to e06, then the same greeting to e06 and to e06-urgent
+        for i in range(SLEEPS):
+            e06.sleepy.send(i, 25)
+        on_bulk, on_own = e06.greet.send("on e06"), e06.greet_urgent.send("on e06-urgent")
+        waited = {"e06": on_bulk.get_result(block=True, timeout=10_000),
+                  "e06-urgent": on_own.get_result(block=True, timeout=10_000)}
+    finally:
+        lab.stop_worker(bulk)
     # then the greeting on its own queue did not wait behind the sleeps; the one on e06 waited for most of them
     assert waited["e06-urgent"] < waited["e06"] / 2, waited
     assert waited["e06"] >= (SLEEPS - 2) * 25, waited
@@ -197,7 +175,7 @@ def test_cpu_bound_actors_run_side_by_side_in_two_processes(e06_on_redis):
     results = [m.get_result(block=True, timeout=10_000) for m in [e06.crunch.send(i, 1_000_000) for i in range(4)]]
     # then both processes ran some, at the same time: two cores, one GIL each
     assert len({r["pid"] for r in results}) == 2, results
-    assert overlapping([(r["started"], r["ended"]) for r in results]) == 2, results
+    assert most_at_once([(r["started"], r["ended"]) for r in results]) == 2, results
 
 
 def test_the_cli_defaults_to_one_process_per_cpu_and_8_threads():
@@ -224,7 +202,7 @@ def test_a_sleeping_actor_runs_side_by_side_on_threads(e06, broker, recorder, st
     start_worker(threads=4)
     broker.join("e06", timeout=10_000)
     # then all 4 slept at the same time, each on its own thread: sleeping frees the GIL
-    assert overlapping([(a.started, a.ended) for a in recorder.attempts]) == 4
+    assert most_at_once([(a.started, a.ended) for a in recorder.attempts]) == 4
     assert len({a.thread for a in recorder.attempts}) == 4
 
 
@@ -237,7 +215,7 @@ def test_cpu_bound_actors_on_threads_of_one_process_use_one_core_at_most(e06, br
     broker.join("e06-cpu", timeout=20_000)
     cores = (time.process_time() - cpu) / (time.monotonic() - wall)
     # then they ran at the same time, and yet the process used one core at most: the threads took turns
-    assert overlapping([(a.started, a.ended) for a in recorder.attempts]) >= 2
+    assert most_at_once([(a.started, a.ended) for a in recorder.attempts]) >= 2
     assert cores < 1.3, f"{cores:.2f} cores"
 
 
