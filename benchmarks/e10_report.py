@@ -6,13 +6,21 @@ Everything here reads the report dict that ``benchmarks/e10_bench.py`` returns; 
 from __future__ import annotations
 
 import json
+import sys
 import textwrap
+from pathlib import Path
 from typing import Any
 
 from rich.bar import Bar
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # run as a script, benchmarks/ comes first on the path, not the lab
+    sys.path.insert(0, str(ROOT))
+
+from lab import stats  # noqa: E402
 
 ACTORS = {"noop": "does_nothing", "io": "waits_on_io", "cpu": "burns_cpu"}
 
@@ -22,10 +30,8 @@ def rate(value: float) -> str:
 
 
 def span(fig: dict[str, Any] | None, fmt: str = "{:,.0f}") -> str:
-    if fig is None:
-        return "n/a"
-    low, high = fmt.format(fig["min"]), fmt.format(fig["max"])
-    return low if low == high else f"{low}-{high}"
+    """A figure's range over its runs, "low-high", as README.rst prints every range."""
+    return "n/a" if fig is None else stats.span([fig["min"], fig["max"]], fmt)
 
 
 def ms(fig: dict[str, Any] | None, digits: int = 1) -> str:
@@ -205,7 +211,5 @@ def show(report: dict[str, Any], *, as_json: bool = False, as_rst: bool = False)
 
 
 if __name__ == "__main__":  # python benchmarks/e10_report.py REPORT.json [--rst]: show a saved --json report again
-    import sys
-
     with open(sys.argv[1], encoding="utf-8") as saved:
         show(json.load(saved), as_rst="--rst" in sys.argv[2:])
