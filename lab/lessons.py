@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -22,14 +23,19 @@ README = Path(__file__).resolve().parent.parent / "README.rst"
 CITATION = re.compile(r"(tests/[\w/]+\.py)?::(test_\w+)")
 
 
+def cited(text: str) -> Iterator[tuple[str, int]]:
+    """(``tests/<file>.py::<test>``, where its citation ends in ``text``) for every test ``text``
+    cites; a bare ``::test_y`` is of the file named before it."""
+    current = None
+    for match in CITATION.finditer(text):
+        current = match.group(1) or current
+        if current is not None:
+            yield f"{current}::{match.group(2)}", match.end()
+
+
 def citations(text: str) -> list[str]:
     """``tests/<file>.py::<test>`` for every test cited in ``text``; ``::test_y`` is of the file before."""
-    cited, current = [], None
-    for path, name in CITATION.findall(text):
-        current = path or current
-        if current is not None:
-            cited.append(f"{current}::{name}")
-    return cited
+    return [test for test, _ in cited(text)]
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ import docutils.core
 
 from conftest import ROOT
 from lab import experiments
-from lab.lessons import CITATION, citations, lessons
+from lab.lessons import citations, cited, lessons
 
 README = (ROOT / "README.rst").read_text(encoding="utf-8")
 BOTH = {"broker_url", "server_url"}  # fixtures parametrized over fakeredis (or the embedded server) and redis
@@ -69,12 +69,7 @@ def runs_on(path: Path, name: str) -> str:
 
 def all_citations() -> list[tuple[str, str | None]]:
     """(``tests/<file>.py::<test>``, its mark or None) for every citation in README.rst."""
-    found, current = [], None
-    for match in CITATION.finditer(README):
-        current = match.group(1) or current
-        mark = MARK.match(README, match.end())
-        found.append((f"{current}::{match.group(2)}", mark.group(1) if mark else None))
-    return found
+    return [(test, mark.group(1) if (mark := MARK.match(README, end)) else None) for test, end in cited(README)]
 
 
 def test_every_cited_test_exists():
