@@ -127,36 +127,81 @@ def _ago(ms: int, now_ms: int) -> str:
     return f"{seconds:.1f} s ago" if seconds < 120 else f"{seconds / 60:.0f} min ago"
 
 
-def render(snapshot: Snapshot) -> Group:
-    """The snapshot as rich tables: queues, workers, dead letters."""
+def _busy(q: QueueCounts) -> bool:
+    return bool(q.ready or q.delayed or q.in_flight or q.dead)
+
+
+#: Lines the view spends on titles, headers, notes and gaps, whatever the data: 3 tables of 2, the idle
+#: queues' line, 2 gaps, the workers' note and the watch footer.
+FIXED_LINES = 11
+
+
+def fit(snapshot: Snapshot, height: int | None) -> tuple[int, int, int]:
+    """How many busy queues, workers and dead letters to show in ``height`` lines (None: all of them).
+
+    The workers and the dead letters are what a watcher watches, so they keep up to 3 rows each; the
+    busy queues get the rest, and whatever does not fit is counted in one line.
+    """
+    busy = sum(map(_busy, snapshot.queues))
+    workers, letters = len(snapshot.alive), len(snapshot.dead_letters)
+    if height is None:
+        return busy, workers, letters
+    room = max(0, height - FIXED_LINES)
+    workers, letters = min(workers, 3), min(letters, 3)
+    queues = min(busy, max(1, room - workers - letters))
+    room -= queues  # what the queues leave goes back to the workers and the dead letters
+    workers = min(len(snapshot.alive), max(workers, room - letters))
+    letters = min(len(snapshot.dead_letters), max(letters, room - workers))
+    return queues, workers, letters
+
+
+def render(snapshot: Snapshot, size: tuple[int, int] | None = None) -> Group:
+    """The snapshot as rich tables: queues (busy ones first, idle ones folded into one line), workers, dead
+    letters. With ``size`` (a live view's columns and lines), rows are cut to fit, each row kept to one line."""
+    width, height = size or (0, None)
     now = snapshot.taken_at_ms
+    n_queues, n_workers, n_letters = fit(snapshot, height)
+
+    busy = sorted((q for q in snapshot.queues if _busy(q)), key=lambda q: (-(q.ready + q.in_flight + q.dead), q.name))
+    idle = [q.name for q in snapshot.queues if not _busy(q)]
     queues = Table("queue", "ready", "delayed", "in flight", "dead", box=None,
                    title=f"Queues on {snapshot.url}", title_justify="left")
-    for q in snapshot.queues:
+    for q in busy[:n_queues]:
         queues.add_row(escape(q.name), str(q.ready), str(q.delayed), str(q.in_flight),
                        f"[red]{q.dead}[/]" if q.dead else "0")
+    folded = Text(f"{len(idle)} idle queue(s): {', '.join(idle)}" if idle else "", style="dim",
+                  no_wrap=bool(height), overflow="ellipsis")
+    if len(busy) > n_queues:
+        folded = Text(f"... and {len(busy) - n_queues} more busy queue(s); ", style="dim") + folded
 
     timeout_s = snapshot.heartbeat_timeout_ms / 1000
     workers = Table("broker id", "last seen", "holding", box=None, title_justify="left",
                     title=f"Alive: {len(snapshot.alive)} (a heartbeat in the last {timeout_s:.0f} s)")
-    for h in snapshot.alive:
+    for h in snapshot.alive[:n_workers]:
         workers.add_row(h.broker_id, _ago(h.last_seen_ms, now), str(h.holding))
     stale = len(snapshot.heartbeats) - len(snapshot.alive)
+    more = len(snapshot.alive) - n_workers
     note = Text(
-        "Senders show up here too: any process that sends or fetches writes a heartbeat. A worker polls at "
-        "least every worker_timeout (1 s by default), so its 'last seen' stays small; a sender's grows."
+        (f"... and {more} more alive. " if more > 0 else "")
+        + ("Senders count too: a worker's 'last seen' stays under a second, a sender's grows." if height else
+           "Senders show up here too: any process that sends or fetches writes a heartbeat. A worker polls at "
+           "least every worker_timeout (1 s by default), so its 'last seen' stays small; a sender's grows.")
         + (f" {stale} older id(s) not shown." if stale else ""),
-        style="dim",
+        style="dim", no_wrap=bool(height), overflow="ellipsis",
     )
 
     letters = Table("when", "queue", "actor", "args", "tries", "why (last stored error)", box=None,
-                    title=f"Newest dead letters ({len(snapshot.dead_letters)} shown)", title_justify="left")
-    for d in snapshot.dead_letters:
+                    title=f"Newest dead letters ({n_letters} shown)", title_justify="left")
+    if height:  # one line a row: the short columns get fixed widths, the error what they leave
+        widths = (8, 8, 12, 12, 5)
+        for column, fixed in zip(letters.columns, (*widths, max(10, width - sum(widths) - 12)), strict=True):
+            column.no_wrap, column.overflow, column.width = True, "ellipsis", fixed
+    for d in snapshot.dead_letters[:n_letters]:
         when = datetime.fromtimestamp(d.dead_at_ms / 1000).strftime("%H:%M:%S")
         args = ", ".join([*map(repr, d.args), *(f"{k}={v!r}" for k, v in d.kwargs.items())])
-        letters.add_row(f"{when} ({_ago(d.dead_at_ms, now)})", escape(d.queue), escape(d.actor),
-                        escape(args), str(d.tries), escape(d.why))
-    return Group(queues, Text(""), workers, note, Text(""), letters)
+        letters.add_row(when if height else f"{when} ({_ago(d.dead_at_ms, now)})", escape(d.queue),
+                        escape(d.actor), escape(args), str(d.tries), escape(d.why))
+    return Group(queues, folded, Text(""), workers, note, Text(""), letters)
 
 
 # -- the command -------------------------------------------------------------------------
@@ -238,7 +283,8 @@ def _watch_live(broker: RedisBroker, interval: float, count: int | None, newest:
     with Live(console=out, auto_refresh=False) as live:
         for number in _refreshes(interval, count):
             try:
-                view = render(read_snapshot(broker, newest=newest))
+                snapshot = read_snapshot(broker, newest=newest)
+                view = render(snapshot, (out.size.width, out.size.height - 1))  # and a line for the cursor
             except UNREACHABLE:  # the server went away: say so, and keep trying
                 view = Text(how_to_get_redis(broker.lab_url), style="red")
             footer = Text(f"refresh {number}, every {interval:g} s; Ctrl-C to stop", style="dim")
