@@ -10,27 +10,30 @@ from __future__ import annotations
 
 import json
 import logging
-import reprlib
 import uuid
 
 import click
 import redis
 from dramatiq.brokers.redis import RedisBroker
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 
 from . import experiments
 from .broker import connect, use_broker
+from .canary import canary
 from .failures import EXIT_FAILED, Group
 from .options import redis_option
 from .purge import purge
+from .report import show
 from .scenario import Run, run_scenario
 from .server import serve
 from .status import status
 from .urls import MEMORY_URL, mask_url
 
+# Not a terminal (a pipe, a file, CI): 100 columns, so a lesson's line is not cut at 80.
 out = Console(highlight=False)
+if not out.is_terminal:
+    out.width = 100
 err = Console(stderr=True, highlight=False)
 
 
@@ -42,6 +45,7 @@ def cli() -> None:
 cli.add_command(serve)
 cli.add_command(status)
 cli.add_command(purge)
+cli.add_command(canary)
 
 
 @cli.command("list")
@@ -60,13 +64,15 @@ def list_experiments() -> None:
 # process, so `python -m lab run all` works on a machine with no Redis at all.
 @redis_option(MEMORY_URL)
 @click.option("--json", "as_json", is_flag=True, help="Print the observations as JSON.")
+@click.option("--verbose", "-v", is_flag=True, help="Also show every attempt, and the test that proves each lesson.")
 @click.option("--log", is_flag=True, help="Also show the worker's log (actors' lines, tracebacks) on stderr.")
-def run(experiment: str, url: str, as_json: bool, log: bool) -> None:
+def run(experiment: str, url: str, as_json: bool, verbose: bool, log: bool) -> None:
     """Run an experiment's scenario (or all of them) and check its lessons.
 
     A worker starts in this process, the scenario sends its messages and
-    waits for them to settle, then the attempts it observed and each lesson
-    (in README.rst's words), held or not, are printed. On a real Redis the
+    waits for them to settle, then each lesson (in README.rst's words) is
+    printed once, held or not, with what this run observed; --verbose adds
+    every attempt and the tests. On a real Redis the
     run uses a namespace of its own, so other workers do not take its
     messages, and deletes its keys after.
     """
@@ -89,7 +95,7 @@ def run(experiment: str, url: str, as_json: bool, log: bool) -> None:
             with err.status(f"[{index}/{len(chosen)}] {exp.number}: {exp.title} on {mask_url(url)}"):
                 runs.append(run_scenario(exp.name, experiments.load_scenario(exp), broker))
             if not as_json:
-                show(exp, runs[-1])
+                show(out, exp, runs[-1], verbose=verbose)
     finally:
         logging.disable(logging.NOTSET)
         if url != MEMORY_URL:
@@ -118,22 +124,3 @@ def delete_keys(broker: RedisBroker, namespace: str) -> None:
             broker.client.delete(key)
     except redis.RedisError:
         err.print(f"[dim]cleanup skipped: Redis did not answer; the run's keys ({namespace}*) may remain[/]")
-
-
-def show(exp: experiments.Experiment, run: Run) -> None:
-    """Print one run: its attempts in order, then its lessons."""
-    out.rule(exp.title)
-    table = Table("actor", "args", "try", "thread", "at (s)", "took (ms)", "outcome", box=None)
-    for a in sorted(run.attempts(), key=lambda a: a.started):
-        took = "" if a.ended is None else f"{(a.ended - a.started) * 1000:.0f}"
-        colour = {"ok": "green", "retried": "yellow", "failed": "red"}.get(a.outcome, "")
-        table.add_row(a.actor, escape(", ".join(map(reprlib.repr, a.args))), str(a.number), a.thread,
-                      f"{a.started:.3f}", took, f"[{colour}]{a.outcome}[/]" if colour else a.outcome)
-    if run.attempts():
-        out.print(table)
-    for check in run.checks:
-        mark = {True: "[green]held[/]    ", False: "[red]NOT HELD[/]", None: "[yellow]skipped[/] "}[check.held]
-        out.print(f"  {mark} {escape(check.lesson)}")
-        if check.evidence:
-            out.print(f"           [dim]{escape(check.evidence)}[/]")
-        out.print(f"           [dim]pytest {escape(check.test)}[/]", soft_wrap=True)

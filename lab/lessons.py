@@ -49,7 +49,7 @@ class Lesson:
     @property
     def headline(self) -> str:
         """The bullet's first sentence: what ``python -m lab run`` prints."""
-        return re.split(r"(?<=[.!?])\s+(?=[A-Z`*\"(])", self.text, maxsplit=1)[0]
+        return re.split(r"(?<=[.!?])\s+(?=[A-Z0-9`*\"(])", self.text, maxsplit=1)[0]
 
 
 def _without_citations(text: str) -> str:
