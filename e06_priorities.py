@@ -95,7 +95,8 @@ def send_batch(actor: dramatiq.Actor, count: int, wait: bool, *args: int) -> Non
         actor.send(i, *args)
     click.echo(f"sent {count} x {actor.actor_name}  queue={actor.queue_name}  priority={actor.priority}")
     if wait:
-        broker.join(actor.queue_name, interval=10, timeout=3_600_000)
+        with lab.waiting(f"waiting for a worker on {actor.queue_name} to run all {count}"):
+            broker.join(actor.queue_name, interval=10, timeout=3_600_000)
         click.echo(f"all {count} done {time.monotonic() - start:.2f} s after the first was sent")
 
 

@@ -23,7 +23,7 @@ from .keys import DeadLetter, dead_letters, key
 from .options import MAX_DELAY_MS, Milliseconds
 from .recorder import Attempt, Recorder, wait_until
 from .scenario import Run, run_scenario, stop_worker
-from .sender import confirm, describe_attempt, wait_for_result
+from .sender import confirm, describe_attempt, wait_for_result, waiting
 from .urls import DEFAULT_URL, MEMORY_URL, URL_ENV, mask_url, redis_url
 
 __all__ = [
@@ -34,6 +34,6 @@ __all__ = [
     "MAX_DELAY_MS", "Milliseconds",
     "Attempt", "Recorder", "wait_until",
     "Run", "run_scenario", "stop_worker",
-    "confirm", "describe_attempt", "wait_for_result",
+    "confirm", "describe_attempt", "wait_for_result", "waiting",
     "DEFAULT_URL", "MEMORY_URL", "URL_ENV", "mask_url", "redis_url",
 ]

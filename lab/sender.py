@@ -7,15 +7,19 @@ on stderr and a documented exit code.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import sys
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import click
 from dramatiq import Message
 from dramatiq.middleware import CurrentMessage
 from dramatiq.results import ResultTimeout
+from rich.console import Console
 
 from .failures import EXIT_TIMEOUT, Failure
 
@@ -41,6 +45,20 @@ def describe_attempt() -> str:
     return f"attempt {attempt}, {thread}, {since_sent:.2f} s after it was sent"
 
 
+@contextlib.contextmanager
+def waiting(what: str) -> Iterator[None]:
+    """On a terminal, say what the sender waits for while it waits (on stderr, a spinner that goes away after).
+
+    A sender that waits for a worker with no worker running would otherwise sit in silence.
+    Off a terminal (a pipe, a test, CI) it prints nothing.
+    """
+    if not sys.stderr.isatty():
+        yield
+        return
+    with Console(stderr=True).status(f"{what} (Ctrl-C to stop)"):
+        yield
+
+
 def wait_for_result(message: Message, deadline: float) -> Any:
     """The message's result, waiting until ``deadline`` (a ``time.monotonic()`` value) at most.
 
@@ -49,10 +67,11 @@ def wait_for_result(message: Message, deadline: float) -> Any:
     not ``ResultTimeout``: so wait in slices of 1 to 4 s. At the deadline, a Failure
     (exit 4) that says which worker to start. ResultFailure if the message failed for good.
     """
-    while (left := deadline - time.monotonic()) > 0:
-        try:
-            return message.get_result(block=True, timeout=min(math.ceil(left), 4) * 1000)
-        except ResultTimeout:
-            pass
+    with waiting(f"waiting for the result of {message.actor_name} from a worker on queue {message.queue_name}"):
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                return message.get_result(block=True, timeout=min(math.ceil(left), 4) * 1000)
+            except ResultTimeout:
+                pass
     raise Failure(f"no result for {message} in time: is a worker for queue {message.queue_name} running?",
                   EXIT_TIMEOUT)
