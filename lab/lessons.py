@@ -1,8 +1,8 @@
 """The lessons, read from README.rst: the one place their words are kept.
 
-A lesson is a bullet under a "Lessons" heading of README.rst. It names the
-tests that prove it: ``tests/test_e02_error_handling.py::test_x``, then
-``::test_y`` for another test of the same file. A scenario's check points at
+A lesson is a bullet under a "Lessons" heading of README.rst: its words, then
+a paragraph of the same bullet, "Proof: ``tests/test_e02_error_handling.py::test_x``,
+``::test_y``", naming the tests that prove it (``::test_y`` is of the file before). A scenario's check points at
 a lesson through one of those tests, so ``python -m lab run`` prints the
 README's words next to what this run observed, and the two cannot drift apart.
 """
@@ -58,6 +58,11 @@ def _without_citations(text: str) -> str:
     return re.sub(r"\s+", " ", text).strip()
 
 
+def _is_proof(node: docutils.nodes.Node) -> bool:
+    """A lesson's proof line: the paragraph "Proof: ``tests/...::test_x`` [mark], ..." that follows its words."""
+    return isinstance(node, docutils.nodes.paragraph) and node.astext().startswith("Proof:")
+
+
 def _section_title(node: docutils.nodes.Node) -> str:
     while node is not None and not isinstance(node, docutils.nodes.section):
         node = node.parent
@@ -80,7 +85,8 @@ def lessons(readme: Path = README) -> tuple[Lesson, ...]:
             for item in bullets.children:
                 if isinstance(item, docutils.nodes.list_item) and item.parent is bullets:
                     text = item.astext()
-                    found.append(Lesson(parent, _without_citations(text), tuple(citations(text))))
+                    words = "\n\n".join(part.astext() for part in item.children if not _is_proof(part))
+                    found.append(Lesson(parent, _without_citations(words), tuple(citations(text))))
     return tuple(found)
 
 
