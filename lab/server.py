@@ -7,12 +7,15 @@ Dramatiq run on it as on a real Redis:
 - Dramatiq's Lua scripts are loaded before the first client connects, so
   the first ``EVALSHA`` of each script does not get a ``NOSCRIPT`` reply;
 - an error reply is sent and the connection stays open, as a real Redis
-  does. fakeredis 2.40's TCP server closes the connection after any error
-  reply, so the client's next command on it fails with "Connection closed
-  by server", which a worker logs as "Consumer encountered a connection
-  error" and a sender reports as an unreachable Redis.
+  does. fakeredis 2.40's TCP server (the pinned one) closes the connection
+  after any error reply, so the client's next command on it fails with
+  "Connection closed by server", which a worker logs as "Consumer
+  encountered a connection error" and a sender reports as an unreachable
+  Redis. fakeredis 2.41 keeps the connection itself; there the wrapper
+  changes nothing but the printing.
 
 Each error reply is still printed on stderr, so none goes unseen.
+(README.rst, "What serve is", has which fakeredis needs which change, measured.)
 """
 
 from __future__ import annotations
