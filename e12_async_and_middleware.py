@@ -18,17 +18,18 @@ import sys
 import threading
 import time
 
+import lab
+
 import click
 import dramatiq
 from dramatiq.middleware import AsyncIO, CurrentMessage, Middleware, SkipMessage
-
-import lab
 
 broker = lab.setup_broker()
 
 QUEUE = "e12"
 SWITCH = "e12:off:{}"  # a kill switch's key, under the broker's namespace (with ':', `lab status` skips it)
 log = logging.getLogger(__name__)  # the middleware's trace: "<middleware>.<hook> <message>: ..."
+NAPS: list[tuple[int, float, float]] = []  # (n, started, ended) of each nap, on the loop: the tests read it
 
 
 def option(broker, message, name: str):
@@ -82,10 +83,12 @@ for _middleware in (AsyncIO(), KillSwitch(), Stopwatch()):
 @dramatiq.actor(queue_name=QUEUE, max_retries=0)
 async def async_nap(n: int, seconds: float = 0.5, blocking: bool = False) -> None:
     """Naps on the event loop thread that every async actor of this worker process shares."""
+    started = time.monotonic()
     if blocking:
         time.sleep(seconds)  # the mistake, on purpose: it holds the loop, and every other async actor waits
     else:
         await asyncio.sleep(seconds)  # yields the loop to the others until the time is up
+    NAPS.append((n, started, time.monotonic()))
     async_nap.logger.info("nap %d done (%s)", n, lab.describe_attempt())
 
 

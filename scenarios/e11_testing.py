@@ -3,6 +3,8 @@
 
 import decimal
 
+import lab
+
 import dramatiq
 from dramatiq.brokers.stub import StubBroker
 from dramatiq.common import current_millis
@@ -10,7 +12,6 @@ from dramatiq.errors import QueueJoinTimeout
 from dramatiq.middleware import Retries
 
 import e11_testing as e11
-import lab
 
 ADA = "ada@example.com"
 
@@ -44,6 +45,16 @@ def on_a_stub_broker(run: lab.Run) -> None:
         raised = join(stub, worker)
         run.check("test_send_then_join_and_the_actor_has_run", raised is None and len(e11.OUTBOX) == 1,
                   f"after join: OUTBOX={e11.OUTBOX}")
+
+        e11.OUTBOX.clear()
+        receipt.send_with_options(args=(ADA, {2: 1}), delay=100)
+        dead = remind.send_with_options(args=("nobody",), max_retries=0)
+        raised = join(stub, worker, fail_fast=False)
+        run.check("test_join_waits_for_the_delay_queue_and_counts_a_dead_letter_as_done",
+                  raised is None and len(e11.OUTBOX) == 1 and [m.message_id for m in stub.dead_letters] == [
+                      dead.message_id], f"a receipt due in 100 ms and a dead reminder: join(fail_fast=False) "
+                  f"raised {raised!r}, OUTBOX={e11.OUTBOX}, {len(stub.dead_letters)} dead letter(s)")
+        stub.flush_all()
 
         remind.send_with_options(args=("nobody",), max_retries=0)
         raised = join(stub, worker)

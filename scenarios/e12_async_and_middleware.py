@@ -2,15 +2,17 @@
 without AsyncIO, and taps in the middleware list that show which hooks run, in which order."""
 
 import logging
+from itertools import pairwise
+
+import lab
 
 import dramatiq
 from dramatiq.asyncio import get_event_loop_thread
 from dramatiq.brokers.stub import StubBroker
 from dramatiq.errors import QueueJoinTimeout
-from dramatiq.middleware import AsyncIO, Middleware, default_middleware
+from dramatiq.middleware import AsyncIO, Middleware, MiddlewareError, default_middleware
 
 import e12_async_and_middleware as e12
-import lab
 
 NAP_S = 0.2
 
@@ -47,10 +49,15 @@ def without_asyncio(run: lab.Run) -> None:
     stub = StubBroker()
     stub.emit_after("process_boot")
 
+    class Refused(MiddlewareError):
+        """A middleware's own error, not SkipMessage."""
+
     class Broken(Middleware):
         def before_process_message(self, broker, message) -> None:
             if message.queue_name == "plain":
                 raise AttributeError("'Broken' object has no attribute 'logger'")
+            if message.queue_name == "gated":
+                raise Refused("the gate is closed")
 
     stub.add_middleware(Broken())
     stub.logger = logging.getLogger("lab.e12.stub")  # its CRITICAL line, kept here for the evidence
@@ -59,6 +66,8 @@ def without_asyncio(run: lab.Run) -> None:
     nap = dramatiq.actor(e12.async_nap.fn.__wrapped__, broker=stub, actor_name="async_nap", max_retries=0)
     ran = []
     plain = dramatiq.actor(lambda: ran.append(1), broker=stub, actor_name="plain", queue_name="plain")
+    gated = dramatiq.actor(lambda: ran.append(2), broker=stub, actor_name="gated", queue_name="gated",
+                           max_retries=1, min_backoff=10, max_backoff=20)
     worker = dramatiq.Worker(stub, worker_timeout=100, worker_threads=1)
     worker.start()
     try:
@@ -70,8 +79,18 @@ def without_asyncio(run: lab.Run) -> None:
         except (RuntimeError, QueueJoinTimeout) as exc:
             raised = exc
         stub.join("plain", timeout=2000)
+        gated.send()
+        try:
+            stub.join("gated", timeout=2000)
+            refused = None
+        except (Refused, QueueJoinTimeout) as exc:
+            refused = exc
     finally:
         worker.stop()
+    run.check("test_any_middleware_error_in_a_before_hook_stops_the_actor_and_counts_as_its_failure",
+              isinstance(refused, Refused) and 2 not in ran and len(stub.dead_letters_by_queue["gated"]) == 1,
+              f"a before hook raised a MiddlewareError: join raised {refused!r}; the actor ran "
+              f"{ran.count(2)} time(s); dead letters: {len(stub.dead_letters_by_queue['gated'])}")
     run.check("test_asyncio_is_not_a_default_middleware_and_an_async_actor_without_it_fails",
               AsyncIO not in default_middleware and isinstance(raised, RuntimeError),
               f"without AsyncIO, join raised {raised!r}")
@@ -95,15 +114,28 @@ def without_asyncio(run: lab.Run) -> None:
               undeclared is not None and "kill_switch" in run.broker.actor_options, f"without KillSwitch: {undeclared}")
 
 
-def wall(run: lab.Run, blocking: bool) -> tuple[float, float, float]:
+def wall(run: lab.Run, blocking: bool) -> tuple[float, float, float, list[tuple[float, float]]]:
     """4 naps of NAP_S at once: wall time of all 4, then the shortest and longest one as their worker
-    threads saw them (from taking the message to its after hooks), in seconds."""
+    threads saw them (from taking the message to its after hooks), in seconds; and (started, ended) of
+    each nap as the event loop ran it, sorted."""
+    e12.NAPS.clear()
     sent = {e12.async_nap.send(n, NAP_S, blocking).message_id for n in range(4)}
     mine = lambda: [a for a in run.attempts("async_nap") if a.message_id in sent and a.ended]  # noqa: E731
     run.wait_until(lambda: len(mine()) == 4, timeout=10)
     spans = [(a.started, a.ended) for a in mine()] or [(0, 0)]
     took = [e - s for s, e in spans]
-    return max(e for _, e in spans) - min(s for s, _ in spans), min(took), max(took)
+    on_the_loop = sorted((started, ended) for _, started, ended in e12.NAPS)
+    return max(e for _, e in spans) - min(s for s, _ in spans), min(took), max(took), on_the_loop
+
+
+def overlap(naps: list[tuple[float, float]]) -> bool:
+    """Every nap started before the first one ended."""
+    return len(naps) == 4 and max(s for s, _ in naps) < min(e for _, e in naps)
+
+
+def one_after_another(naps: list[tuple[float, float]]) -> bool:
+    """Each nap started once the one before it had ended."""
+    return len(naps) == 4 and all(later[0] >= earlier[1] for earlier, later in pairwise(naps))
 
 
 def scenario(run: lab.Run) -> None:
@@ -135,9 +167,10 @@ def scenario(run: lab.Run) -> None:
         run.start_worker(threads=4)
         awaited, blocked = wall(run, blocking=False), wall(run, blocking=True)
         run.check("test_a_blocking_call_in_an_async_actor_stalls_the_loop_and_await_does_not",
-                  awaited[0] < 2 * NAP_S <= 4 * NAP_S <= blocked[0],
+                  overlap(awaited[3]) and one_after_another(blocked[3]),
                   f"4 naps of {NAP_S} s on 4 threads: await {awaited[0]:.2f} s in all; time.sleep {blocked[0]:.2f} s "
-                  f"in all, each message {blocked[1]:.2f} to {blocked[2]:.2f} s")
+                  f"in all, each message {blocked[1]:.2f} to {blocked[2]:.2f} s; on the loop, awaited naps overlap: "
+                  f"{overlap(awaited[3])}, blocking ones ran one after another: {one_after_another(blocked[3])}")
 
         asked = [e12.async_whoami.send() for _ in range(3)]
         answers = [m.get_result(block=True, timeout=5000) for m in asked]

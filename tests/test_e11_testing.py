@@ -10,12 +10,18 @@ parametrized over fakeredis and redis-server (tests/conftest.py).
 from __future__ import annotations
 
 import decimal
+import inspect
 import subprocess
 import sys
 import threading
 from types import ModuleType
+from urllib.parse import urlsplit
+
+import lab
+from lab import experiments
 
 import dramatiq
+import fakeredis
 import pytest
 from dramatiq import Message
 from dramatiq.brokers.stub import StubBroker
@@ -23,9 +29,7 @@ from dramatiq.common import current_millis
 from dramatiq.errors import QueueJoinTimeout
 from dramatiq.middleware import Retries
 
-import lab
 from conftest import ROOT
-from lab import experiments
 
 JOIN_MS = 5_000  # every join has a timeout: a stuck test fails in 5 s instead of hanging
 
@@ -91,6 +95,21 @@ def test_send_then_join_and_the_actor_has_run(e11, stub_broker, stub_worker):
     run_what_was_sent(stub_broker, stub_worker)
     # then the actor has run, exactly once: 2 x 2.50 + 1 x 4.99
     assert e11.OUTBOX == ["to ada@example.com: 3 item(s), 9.99 EUR"]
+    # (broker.join takes a timeout, Worker.join() none: call it once a broker.join with a timeout returned)
+    assert list(inspect.signature(stub_worker.join).parameters) == []
+
+
+def test_join_waits_for_the_delay_queue_and_counts_a_dead_letter_as_done(e11, stub_broker, stub_worker):
+    # Given a receipt due in 100 ms, on e11.DQ, and a reminder that fails for good (no retries)
+    e11.send_receipt.send_with_options(args=("ada@example.com", {2: 1}), delay=100)
+    failed = e11.remind.send_with_options(args=("nobody",), max_retries=0)
+    # when the test joins e11 (fail_fast=False: the failure is expected here)
+    stub_broker.join("e11", timeout=JOIN_MS, fail_fast=False)
+    # then join waited for the delayed receipt too: it has run, though worker.join() was not called yet
+    assert e11.OUTBOX == ["to ada@example.com: 1 item(s), 10.00 EUR"]
+    # and join returned once the reminder was nacked: it counts as done, in the dead letters
+    assert [m.message_id for m in stub_broker.dead_letters] == [failed.message_id]
+    stub_worker.join()
 
 
 def test_a_failing_actor_with_default_retries_makes_join_wait_15_s_or_more(e11, stub_broker, stub_worker, enqueues):
@@ -104,7 +123,7 @@ def test_a_failing_actor_with_default_retries_makes_join_wait_15_s_or_more(e11, 
                if m.message_id == message.message_id and delay is not None]
     assert len(retries) == 1 and retries[0][:2] == ("e11.DQ", 1), retries
     assert 15_000 <= retries[0][2] <= 30_000, retries  # min_backoff 15 s, and jitter only adds
-    assert stub_broker.dead_letters == [] and e11.OUTBOX == []
+    assert stub_broker.dead_letters == [] and e11.OUTBOX == []  # no reminder sent, no dead letter
 
 
 def test_max_retries_0_or_small_backoffs_make_join_return_at_once(e11, stub_broker, stub_worker, enqueues):
@@ -130,7 +149,14 @@ def test_a_test_brokers_retries_setting_reaches_only_actors_without_their_own(e1
     e11.remind.send("nobody")
     with pytest.raises(ValueError, match="'nobody'"):
         run_what_was_sent(stub_broker, stub_worker)
-    # but send_receipt, declared with max_retries=3, is still retried: the actor's own option wins
+    stub_broker.flush_all()
+    # but an option on the message wins: remind, sent with max_retries=1, is retried once, 10 to 20 ms later
+    once = e11.remind.send_with_options(args=("nobody-else",), max_retries=1, min_backoff=10, max_backoff=20)
+    with pytest.raises(ValueError, match="'nobody-else'"):
+        run_what_was_sent(stub_broker, stub_worker)
+    backoffs_ms = [d for m, d in enqueues.seen if m.message_id == once.message_id and d]
+    assert len(backoffs_ms) == 1 and 10 <= backoffs_ms[0] <= 20, backoffs_ms
+    # and so does the actor's own: send_receipt, declared with max_retries=3, is still retried, 100 to 200 ms later
     message = e11.send_receipt.send("ada@example.com", {9: 1})  # there is no product 9
     retried = lambda: [d for m, d in enqueues.seen if m.message_id == message.message_id and d]  # noqa: E731
     assert lab.wait_until(retried, timeout=2) and 100 <= retried()[0] <= 200, retried()
@@ -146,6 +172,13 @@ def test_join_re_raises_the_actors_own_exception_once_the_message_is_dead(e11, s
     with pytest.raises(ValueError, match="not an e-mail address: 'nobody'") as raised:
         run_what_was_sent(stub_broker, stub_worker)
     assert raised.traceback[-1].path.name == "e11_testing.py"  # it points at the line in the actor
+    # It raises once the queues are done, not at the failure: a receipt due 200 ms later ran first
+    stub_broker.flush_all()
+    e11.remind.send_with_options(args=("nobody",), max_retries=0)
+    e11.send_receipt.send_with_options(args=("ada@example.com", {2: 1}), delay=200)
+    with pytest.raises(ValueError, match="'nobody'"):
+        run_what_was_sent(stub_broker, stub_worker)
+    assert e11.OUTBOX == ["to ada@example.com: 1 item(s), 10.00 EUR"]
     # When the failure is the point of the test, fail_fast=False waits without raising
     stub_broker.flush_all()  # forget the first one (see the next test)
     failed = e11.remind.send_with_options(args=("nobody-else",), max_retries=0)
@@ -272,9 +305,14 @@ def test_a_delay_is_tested_by_reading_the_eta_not_by_sleeping(e11, stub_broker):
 # -- the same story on a real Redis: the lab's fixtures, parametrized over brokers ----------------
 
 
-def test_the_same_story_runs_on_fakeredis_and_redis_server_through_a_parametrized_fixture(load, broker,
+def test_the_same_story_runs_on_fakeredis_and_redis_server_through_a_parametrized_fixture(request, load, broker,
                                                                                           start_worker):
-    # Given the lab's broker fixture: a RedisBroker on fakeredis, then on a real redis-server
+    # Given the lab's broker fixture: a RedisBroker on fakeredis, then on the session's real redis-server
+    if request.node.callspec.params["broker_url"] == "fakeredis":
+        assert isinstance(broker.client, fakeredis.FakeRedis)
+    else:
+        redis_server = urlsplit(request.getfixturevalue("redis_server"))
+        assert broker.client.info("server")["tcp_port"] == redis_server.port  # fakeredis has no INFO at all
     e11 = load("e11")
     start_worker()
     # when the same message is sent and joined

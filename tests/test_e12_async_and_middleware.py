@@ -12,7 +12,11 @@ import asyncio
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
+from itertools import pairwise
 from types import ModuleType
+
+import lab
+from lab import experiments
 
 import dramatiq
 import pytest
@@ -20,10 +24,7 @@ import redis
 from click.testing import CliRunner
 from dramatiq.asyncio import EventLoopThread, get_event_loop_thread, set_event_loop_thread
 from dramatiq.brokers.stub import StubBroker
-from dramatiq.middleware import AsyncIO, Middleware, default_middleware
-
-import lab
-from lab import experiments
+from dramatiq.middleware import AsyncIO, Middleware, MiddlewareError, default_middleware
 
 NAP_S = 0.2
 
@@ -121,6 +122,8 @@ def test_async_actors_run_on_one_event_loop_thread_not_the_worker_threads(e12, b
     assert {a["thread"] for a in answers} == {loop.name}
     worker_threads = {a.thread for a in recorder.attempts_of("async_whoami")}
     assert loop.name not in worker_threads and len(worker_threads) >= 2, worker_threads
+    # each waits for its coroutine in slices of 0.1 s, to notice an interrupt (a time limit, a shutdown) between
+    assert loop.interrupt_check_ival == 0.1
 
 
 def test_current_message_gives_each_async_actor_its_own_message(e12, broker, recorder, start_worker):
@@ -135,27 +138,34 @@ def test_current_message_gives_each_async_actor_its_own_message(e12, broker, rec
     assert max(a.started for a in attempts) < min(a.ended for a in attempts)  # they did overlap
 
 
-def nap_spans(module: ModuleType, blocking: bool) -> list[tuple[float, float]]:
-    """Send 4 naps of NAP_S to a 4-thread worker; (started, ended) of each, in seconds, from the first start."""
+def naps(module: ModuleType, blocking: bool) -> tuple[list[tuple[float, float]], list[tuple[float, float]]]:
+    """Send 4 naps of NAP_S to a 4-thread worker. Returns (started, ended) of each nap as the event loop
+    ran it, and of each message as its worker thread held it, both sorted by start."""
     recorder = recorder_of(module)
     recorder.reset()
+    module.NAPS.clear()
     for n in range(4):
         module.async_nap.send(n, NAP_S, blocking)
     assert lab.wait_until(lambda: len([a for a in recorder.attempts if a.ended]) == 4, timeout=10)
-    origin = min(a.started for a in recorder.attempts)
-    return sorted((a.started - origin, a.ended - origin) for a in recorder.attempts)
+    on_the_loop = sorted((started, ended) for _, started, ended in module.NAPS)
+    on_worker_threads = sorted((a.started, a.ended) for a in recorder.attempts)
+    return on_the_loop, on_worker_threads
 
 
 def test_a_blocking_call_in_an_async_actor_stalls_the_loop_and_await_does_not(fake_e12):
+    # Given a worker with 4 threads, and 4 naps sent at once: first awaited, then blocking
     with running(fake_e12.broker, threads=4):
-        awaited = nap_spans(fake_e12, blocking=False)
-        blocked = nap_spans(fake_e12, blocking=True)
-    # await asyncio.sleep: the 4 naps overlap, every one started before the first ended
-    assert max(start for start, _ in awaited) < min(end for _, end in awaited), awaited
-    # time.sleep inside async def: the 4 worker threads took the 4 messages at once, yet the naps took
-    # 4 x NAP_S in all: the one event loop thread ran one coroutine at a time
-    assert max(start for start, _ in blocked) < min(end for _, end in blocked), blocked
-    assert max(end for _, end in blocked) >= 4 * NAP_S, blocked
+        awaited, awaited_held = naps(fake_e12, blocking=False)
+        blocked, blocked_held = naps(fake_e12, blocking=True)
+    # then in both runs the 4 worker threads held the 4 messages at once (each started before any ended)
+    for held in (awaited_held, blocked_held):
+        assert max(start for start, _ in held) < min(end for _, end in held), held
+    # await asyncio.sleep: the 4 naps overlap on the loop, every one started before the first ended
+    assert len(awaited) == 4 and max(start for start, _ in awaited) < min(end for _, end in awaited), awaited
+    # time.sleep inside async def: the loop ran them one after another, each starting once the one before
+    # it ended: 4 naps' time in all
+    one_after_another = [later[0] >= earlier[1] for earlier, later in pairwise(blocked)]
+    assert len(blocked) == 4 and one_after_another == [True, True, True], blocked
 
 
 def test_calling_an_async_actor_directly_needs_the_event_loop_thread(fake_e12):
@@ -187,6 +197,8 @@ def test_two_workers_in_one_process_share_one_event_loop_and_stopping_one_breaks
         # and stopping the first worker stops the *second* one's loop, and clears the global
         first.stop()
         assert get_event_loop_thread() is None
+        # while the first loop runs on, and it is not a daemon thread: the interpreter would wait for it at exit
+        assert replaced.is_alive() and not replaced.daemon
         # so the second worker's async actors fail
         hello.send()
         with pytest.raises(RuntimeError, match="Global event loop thread not set"):
@@ -276,11 +288,19 @@ def test_skip_message_stops_the_before_hooks_after_it_yet_every_after_skip_hook_
     assert trace == ["tap_a.before_process_message", "tap_b.after_skip_message", "tap_a.after_skip_message"]
 
 
+class Refused(MiddlewareError):
+    """A middleware's own error: a MiddlewareError, but not SkipMessage."""
+
+
 def test_another_exception_in_a_before_hook_is_logged_and_the_actor_runs_anyway(caplog):
-    # Given a middleware whose before hook is broken (ours was, before it had a logger: AttributeError)
+    # Given a middleware whose before hook is broken (ours was, before it had a logger: AttributeError),
+    # and whose after hook raises even a MiddlewareError
     class Broken(Middleware):
         def before_process_message(self, broker, message) -> None:
             raise AttributeError("'Broken' object has no attribute 'logger'")
+
+        def after_process_message(self, broker, message, *, result=None, exception=None) -> None:
+            raise Refused("too late to refuse")
 
     broker, worker = stub_with_worker()
     broker.add_middleware(broken := Broken())
@@ -290,7 +310,7 @@ def test_another_exception_in_a_before_hook_is_logged_and_the_actor_runs_anyway(
     def guarded() -> None:
         ran.append(1)
 
-    # when a message comes, then the actor runs anyway: only SkipMessage stops it
+    # when a message comes
     worker.start()
     try:
         guarded.send()
@@ -298,9 +318,45 @@ def test_another_exception_in_a_before_hook_is_logged_and_the_actor_runs_anyway(
         worker.join()
     finally:
         worker.stop()
-    assert ran == [1]
+    # then the actor ran anyway, and the message was acked: no dead letter
+    assert ran == [1] and broker.dead_letters == []
+    # and each hook's exception was logged at CRITICAL, and went no further
     assert [(r.levelname, r.getMessage()) for r in caplog.records if "Unexpected failure" in r.getMessage()] == [
-        ("CRITICAL", f"Unexpected failure in before_process_message of {broken!r}.")]
+        ("CRITICAL", f"Unexpected failure in before_process_message of {broken!r}."),
+        ("CRITICAL", f"Unexpected failure in after_process_message of {broken!r}.")]
+
+
+def test_any_middleware_error_in_a_before_hook_stops_the_actor_and_counts_as_its_failure(caplog):
+    # Given a middleware whose before hook raises its own MiddlewareError, which is not SkipMessage
+    class Gate(Middleware):
+        def before_process_message(self, broker, message) -> None:
+            raise Refused("the gate is closed")
+
+    broker, worker = stub_with_worker()
+    broker.add_middleware(Gate())
+    ran = []
+
+    @dramatiq.actor(broker=broker, max_retries=1, min_backoff=10, max_backoff=20)
+    def gated() -> None:
+        ran.append(1)
+
+    # when a message comes, then join re-raises the middleware's error: the message is dead
+    worker.start()
+    try:
+        message = gated.send()
+        with pytest.raises(Refused, match="the gate is closed"):
+            broker.join(gated.queue_name, timeout=5000)
+        worker.join()
+    finally:
+        worker.stop()
+    # the actor never ran, and the message went the way of an actor's error, not of a skip:
+    # logged at ERROR, retried once (max_retries=1), then dead-lettered
+    assert ran == []
+    assert [m.message_id for m in broker.dead_letters] == [message.message_id]
+    lines = [(r.levelname, r.getMessage()) for r in caplog.records if r.levelno >= logging.WARNING]
+    assert lines == [("ERROR", "Failed to process message gated() with unhandled exception."),
+                     ("ERROR", "Failed to process message gated() with unhandled exception."),
+                     ("WARNING", f"Retries exceeded for message {message.message_id!r}.")], lines
 
 
 def hook_trace(caplog) -> list[str]:
