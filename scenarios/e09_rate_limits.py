@@ -1,8 +1,9 @@
 """`python -m lab run e09`: limiters in one process (a busy mutex three ways, a semaphore, bursts), then across two
 worker processes (the run's Redis served over TCP on memory://)."""
 
-import e09_rate_limits as e09
 import lab
+
+import e09_rate_limits as e09
 
 
 def dead(run: lab.Run) -> int:

@@ -4,8 +4,9 @@ Real `dramatiq` worker processes and sender processes, on the run's Redis (memor
 over TCP) and in the run's namespace. Its figures are too small to mean anything; its counts must add up.
 """
 
-import e10_throughput as e10
 import lab
+
+import e10_throughput as e10
 from benchmarks import e10_bench
 
 

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import logging
+import re
+from collections import Counter
 from collections.abc import Iterator
 from types import SimpleNamespace
+
+import lab
 
 import dramatiq
 import fakeredis
@@ -16,7 +20,6 @@ from dramatiq.rate_limits import BucketRateLimiter, ConcurrentRateLimiter, Windo
 from dramatiq.rate_limits import backends as rate_limiter_backends
 from dramatiq.results import backends as result_backends
 
-import lab
 from conftest import WorkerProcess
 
 # -- how many at once, in one process -------------------------------------------------------------
@@ -139,6 +142,9 @@ def test_a_threading_lock_holds_in_one_process_only(two_processes, sender):
 # -- when the limiter is busy ---------------------------------------------------------------------
 
 
+RETRYING = re.compile(r"Retrying message '[0-9a-f-]+' in (\d+) milliseconds\.")  # dramatiq/middleware/retries.py
+
+
 def outcomes(recorder: lab.Recorder, actor: str) -> list[str]:
     return [a.outcome for a in recorder.attempts_of(actor)]
 
@@ -154,15 +160,24 @@ def test_by_default_a_busy_limiter_raises_and_the_retries_end_in_the_dead_letter
                 for n in range(3)]
         start_worker(threads=2)
         assert lab.wait_until(lambda: len(lab.dead_letters(broker, "e09")) == 3, timeout=10)
-    # then each raised RateLimitExceeded twice, used up its retries, and is a dead letter: no work done
+    # then each made max_retries + 1 = 2 attempts, each raised RateLimitExceeded, and each message is a dead
+    # letter: no work done
+    attempts_per_message = Counter(a.message_id for a in recorder.attempts_of("mutexed"))
+    assert attempts_per_message == {m.message_id: 2 for m in sent}
     assert sorted(outcomes(recorder, "mutexed")) == ["failed"] * 3 + ["retried"] * 3
     assert {a.error.split(":")[0] for a in recorder.attempts_of("mutexed")} == {"RateLimitExceeded"}
     assert sorted(d.message.message_id for d in lab.dead_letters(broker, "e09")) == sorted(m.message_id for m in sent)
     assert e09.tally("mutexed")["ran"] == 0
-    # and quietly: each RateLimitExceeded at DEBUG, no ERROR, only the final "Retries exceeded" at WARNING
+    # and quietly: each RateLimitExceeded at DEBUG, each retry one INFO line of Retries with its backoff in ms
+    # (min_backoff 20, max_backoff 40), no ERROR, and only the final "Retries exceeded" at WARNING
     limited = [r.levelname for r in caplog.records if r.getMessage().startswith("Rate limit exceeded in message")]
+    retrying = [(r.levelname, RETRYING.fullmatch(r.getMessage())) for r in caplog.records
+                if r.getMessage().startswith("Retrying message")]
+    backoffs_ms = [int(match.group(1)) for _, match in retrying if match]
     loud = [(r.levelname, r.getMessage().split(" for ")[0]) for r in caplog.records if r.levelno >= logging.WARNING]
     assert limited == ["DEBUG"] * 6
+    assert [level for level, _ in retrying] == ["INFO"] * 3 and len(backoffs_ms) == 3, retrying
+    assert all(20 <= ms <= 40 for ms in backoffs_ms), backoffs_ms
     assert loud == [("WARNING", "Retries exceeded")] * 3
 
 

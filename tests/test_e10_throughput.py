@@ -16,19 +16,21 @@ import threading
 import time
 from typing import Any
 
+import lab
+from lab import experiments
+from lab.keys import key
+from lab.server import EmbeddedRedis
+
 import dramatiq
+import dramatiq.cli
 import fakeredis
 import pytest
 import redis
 from click.testing import CliRunner
 from dramatiq.brokers.stub import StubBroker
 
-import lab
 from benchmarks import e10_bench
 from conftest import free_port
-from lab import experiments
-from lab.keys import key
-from lab.server import EmbeddedRedis
 
 NAMESPACE = "e10-test"
 
@@ -130,10 +132,24 @@ def test_prefetch_is_twice_the_threads_unless_dramatiq_queue_prefetch_sets_it_at
     code = ("import os, dramatiq\n"
             "from dramatiq.brokers.stub import StubBroker\n"
             "os.environ['dramatiq_queue_prefetch'] = '9'  # too late: read when dramatiq.worker was imported\n"
-            "print([dramatiq.Worker(StubBroker(), worker_threads=n).queue_prefetch for n in (1, 8)])")
-    env = dict(os.environ, dramatiq_queue_prefetch="64")
+            "workers = [dramatiq.Worker(StubBroker(), worker_threads=n) for n in (1, 8)]\n"
+            "print([w.queue_prefetch for w in workers], [w.delay_prefetch for w in workers])")
+    env = {name: value for name, value in os.environ.items() if not name.startswith("dramatiq_")}
+    env["dramatiq_queue_prefetch"] = "64"
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=30)
-    assert result.stdout.split("\n")[0] == "[64, 64]", result.stderr  # per process, whatever the threads
+    # 64 whatever the threads; the delay queues' prefetch (1000 x threads) is another variable's
+    assert result.stdout.split("\n")[0] == "[64, 64] [1000, 8000]", result.stderr
+
+
+def test_prefetch_counts_per_consumer_one_per_queue_and_a_delay_queue_takes_the_delay_prefetch(broker, start_worker):
+    # Given a worker of 2 threads on two queues, each with its delay queue
+    for queue in ("e10", "e10-other"):
+        broker.declare_queue(queue)
+    worker = start_worker(threads=2, queues={"e10", "e10-other"})
+    prefetch = {name: consumer.prefetch for name, consumer in worker.consumers.items()}
+    # then every queue has a consumer of its own, holding up to 2 x threads each; the consumers of the
+    # delay queues (.DQ) hold up to dramatiq_delay_queue_prefetch, 1000 x threads by default
+    assert prefetch == {"e10": 4, "e10.DQ": 2000, "e10-other": 4, "e10-other.DQ": 2000}
 
 
 def test_a_consumer_holding_its_prefetch_sleeps_instead_of_fetching(load, broker, sleeps):
@@ -160,17 +176,23 @@ def test_a_message_costs_one_enqueue_one_ack_and_a_prefetchth_of_a_fetch(load, b
     e10 = load("e10")
     dispatch, calls = broker.scripts["dispatch"], []
 
+    heartbeats, beat_with_the_call = key(broker, "__heartbeats__"), []
+
     def counting(keys=None, args=None, client=None):
         result = dispatch(keys=keys, args=args, client=client)
         calls.append((args[0], len(result) if args[0] == "fetch" else 1))
+        # args: command, timestamp (ms), queue, the caller's broker id, ...
+        beat_with_the_call.append(broker.client.zscore(heartbeats, args[3]) == args[1])
         return result
 
     monkeypatch.setitem(broker.scripts, "dispatch", counting)
     fetched = {}
     for prefetch in (2, 10):
-        # Given ten messages sent, and a consumer that acks each one as it gets it
+        # Given ten messages sent, one Lua dispatch call each
         for _ in range(10):
             e10.does_nothing.send("costs")
+        assert calls == [("enqueue", 1)] * 10, calls
+        # and a consumer that acks each one as it gets it
         consumer = broker.consume(e10.QUEUE, prefetch=prefetch, timeout=100)
         got = 0
         while got < 10:
@@ -184,6 +206,8 @@ def test_a_message_costs_one_enqueue_one_ack_and_a_prefetchth_of_a_fetch(load, b
         calls.clear()
     # and the fetches brought them in batches of at most prefetch: five calls with 2, one call with 10
     assert fetched == {2: [2, 2, 2, 2, 2], 10: [10]}
+    # and every call, enqueue, fetch or ack, wrote its caller's heartbeat with the call's own timestamp
+    assert len(beat_with_the_call) >= 46 and all(beat_with_the_call), beat_with_the_call
 
 
 def test_an_idle_consumer_ends_up_sleeping_half_to_all_of_worker_timeout(broker, sleeps):
@@ -198,12 +222,45 @@ def test_an_idle_consumer_ends_up_sleeping_half_to_all_of_worker_timeout(broker,
     consumer.close()
 
 
+def test_a_big_prefetch_is_a_queue_inside_the_worker(broker, start_worker):
+    # Given 8 messages of an actor that holds its thread until the test lets go
+    gate, started = threading.Event(), []
+
+    def holds(n: int) -> None:
+        started.append((n, threading.current_thread()))
+        gate.wait(10)
+
+    holder = dramatiq.actor(holds, queue_name="e10-held", broker=broker)
+    for n in range(8):
+        holder.send(n)
+    try:
+        # when a worker of 1 thread with prefetch 8 takes them: it runs one and holds the other 7
+        busy = start_worker(threads=1, prefetch=8, queues={"e10-held"})
+        assert lab.wait_until(lambda: len(started) == 1 and broker.client.llen(key(broker, "e10-held")) == 0,
+                              timeout=5), (started, broker.client.llen(key(broker, "e10-held")))
+        waiting_inside = 8 - len(started) - broker.client.llen(key(broker, "e10-held"))
+        assert waiting_inside == 8 - 1  # prefetch - threads: a queue of its own, out of Redis
+        # and a second worker, of the same thread and prefetch, starts idle beside it
+        start_worker(threads=1, prefetch=8, queues={"e10-held"})
+    finally:
+        gate.set()
+    assert lab.wait_until(lambda: len(started) == 8, timeout=5), started
+    # then the 7 waited for the busy worker's one thread, in the order sent, while the idle one found nothing
+    assert [n for n, _ in started] == list(range(8))
+    assert [thread for _, thread in started] == [busy.workers[0]] * 8
+
+
 def test_message_timestamp_is_the_senders_clock_in_whole_milliseconds():
     before = time.time() * 1000
     message = dramatiq.Message(queue_name="e10", actor_name="notes_its_latency", args=("t",), kwargs={}, options={})
     after = time.time() * 1000
     # set when the message is built, by the sender: latency = actor start - this, on one machine's clock
     assert isinstance(message.message_timestamp, int) and before - 1 <= message.message_timestamp <= after
+
+
+def test_the_dramatiq_cli_runs_a_process_per_core_and_8_threads_by_default():
+    args = dramatiq.cli.make_argument_parser().parse_args(["e10_throughput"])
+    assert (args.processes, args.threads) == (os.cpu_count(), 8)
 
 
 # -- threads and processes ------------------------------------------------------------------------
