@@ -1,9 +1,10 @@
 """`python -m lab run e08`: time limits with TimeLimit's own check (once a second), age limits, callbacks."""
 
+import lab
+
 from dramatiq.middleware import TimeLimit
 
 import e08_time_limits as e08
-import lab
 
 LIMIT_MS = 300
 FAST = dict(min_backoff=10, max_backoff=20)
@@ -13,9 +14,9 @@ def ms(attempt: lab.Attempt) -> float:
     return (attempt.ended - attempt.started) * 1000
 
 
-def callbacks_for(run: lab.Run, name: str, failures: int) -> int:
-    """How many times the callback actor ``name`` ran for flaky(failures)."""
-    return sum(a.args[0]["args"] == [failures] for a in run.attempts(name))
+def callbacks_for(run: lab.Run, name: str, failures: int, actor: str = "flaky") -> int:
+    """How many times the callback actor ``name`` ran for actor(failures), flaky(failures) unless told."""
+    return sum(a.args[0]["actor_name"] == actor and a.args[0]["args"] == [failures] for a in run.attempts(name))
 
 
 def scenario(run: lab.Run) -> None:
@@ -24,7 +25,7 @@ def scenario(run: lab.Run) -> None:
               (time_limit.time_limit, time_limit.manager.interval) == (600_000, 1.0),
               f"time_limit={time_limit.time_limit} ms, checked every {time_limit.manager.interval * 1000:.0f} ms")
 
-    run.start_worker(threads=6)
+    run.start_worker(threads=8)
     if time_limit.manager.is_alive():
         run.skip("test_an_in_process_worker_never_enforces_a_time_limit_without_process_boot",
                  "another experiment of this run started TimeLimit's checker already")
@@ -38,13 +39,16 @@ def scenario(run: lab.Run) -> None:
                   f"{', '.join(f'{ms(a):.0f}' for a in unchecked)} ms")
     e08.start_time_limits(run.broker)  # what the dramatiq CLI does in each worker process
 
-    aged = e08.flaky.send_with_options(args=(1,), max_age=300, min_backoff=400, max_backoff=500)
     for failures in (3, 9):
         e08.flaky.send_with_options(args=(failures,), **FAST)
     e08.flaky.send_with_options(args=(0,), delay=200, max_age=50)
     stale = e08.spin.send_with_options(args=(10,), delay=300, max_age=100)
-    # three threads busy for 1 to 1.5 s; the others run the rest meanwhile
+    # five threads busy for 0.3 to 1.5 s; the others run the rest meanwhile
     loop = e08.spin.send_with_options(args=(10_000,), time_limit=LIMIT_MS, max_retries=1, **FAST)
+    # times out after 300 ms or more, then is retried 10 to 20 ms later: over its max_age since its first send,
+    # whenever a worker takes the retry; the retry keeps the first send's message_timestamp
+    aged = e08.spin.send_with_options(args=(9_000,), time_limit=LIMIT_MS, max_age=250, **FAST)
+    once = e08.spin_once.send_with_options(args=(8_000,), time_limit=LIMIT_MS)
     e08.nap.send_with_options(args=(1_500,), time_limit=LIMIT_MS, max_retries=0)
     e08.tidy.send_with_options(args=(10_000, 200), time_limit=LIMIT_MS)
     run.settle(e08.QUEUE, timeout=15)
@@ -77,16 +81,26 @@ def scenario(run: lab.Run) -> None:
               [a.outcome for a in skipped] == ["skipped"] and stale.message_id in dead,
               f"due after 300 ms, max_age=100: {[a.outcome for a in skipped]}; in e08.XQ: {stale.message_id in dead}")
 
-    retried = run.attempts("flaky", 1)
+    retried = run.attempts("spin", 9_000)
+    kept = [d.message.message_timestamp == aged.message_timestamp
+            for d in lab.dead_letters(run.broker, e08.QUEUE) if d.message.message_id == aged.message_id]
     run.check("test_max_age_counts_from_the_first_send_so_a_retry_can_age_out",
-              [a.outcome for a in retried] == ["retried", "skipped"] and aged.message_id in dead,
-              f"max_age=300, backoff 400-500 ms: {[a.outcome for a in retried]}")
+              [a.outcome for a in retried] == ["retried", "skipped"] and kept == [True],
+              f"max_age=250, timed out at {ms(retried[0]):.0f} ms, retried 10-20 ms later: "
+              f"{[a.outcome for a in retried]}, the retry taken {retried[-1].started_ms - aged.message_timestamp:.0f} "
+              f"ms after the first send, whose timestamp it kept: {kept == [True]}")
 
     counts = {n: [callbacks_for(run, name, n) for name in ("failed", "succeeded", "exhausted")] for n in (3, 9, 0)}
     run.check("test_on_failure_fires_on_every_failed_attempt_and_on_success_once", counts[3] == [3, 1, 0],
               f"flaky(3): on_failure, on_success, on_retry_exhausted ran {counts[3]} times")
     run.check("test_on_retry_exhausted_fires_once_when_the_retries_run_out", counts[9] == [4, 0, 1],
               f"flaky(9), max_retries=3: on_failure, on_success, on_retry_exhausted ran {counts[9]} times")
+    aborted = [a.outcome for a in run.attempts("spin_once")]
+    once_callbacks = [callbacks_for(run, name, 8_000, "spin_once") for name in ("failed", "exhausted")]
+    run.check("test_a_throws_abort_fires_on_failure_but_not_on_retry_exhausted",
+              aborted == ["failed"] and once_callbacks == [1, 0] and once.message_id in dead,
+              f"spin_once, throws=(TimeLimitExceeded,): {aborted}; on_failure, on_retry_exhausted ran "
+              f"{once_callbacks} times")
     run.check("test_a_message_skipped_by_its_age_limit_fires_no_callback",
               [a.outcome for a in run.attempts("flaky", 0)] == ["skipped"] and counts[0] == [0, 0, 0],
               f"flaky(0), skipped: callbacks ran {counts[0]} times")

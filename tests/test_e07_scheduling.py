@@ -9,25 +9,30 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import re
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from types import ModuleType
 from zoneinfo import ZoneInfo
+
+import lab
+from lab import experiments
 
 import dramatiq
 import pytest
 import tzlocal
 from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_EXECUTED
+from apscheduler.schedulers.blocking import BlockingScheduler
 from apscheduler.triggers.cron import CronTrigger
 from click.testing import CliRunner
 from dramatiq.middleware import CurrentMessage
+from dramatiq.rate_limits import ConcurrentRateLimiter
 
-import lab
 from conftest import ROOT, free_port, lab_env
-from lab import experiments
 
 UTC = timezone.utc
 
@@ -57,6 +62,20 @@ def e07_alone(monkeypatch) -> ModuleType:
     monkeypatch.setattr(lab.broker, "_broker", None)  # as in a new process
     monkeypatch.setattr(lab.urls, "_in_use", None)
     return experiments.load(experiments.find("e07"))
+
+
+@pytest.fixture
+def machine_in_tokyo() -> Iterator[None]:
+    """This machine's local time zone as Asia/Tokyo (UTC+9) for the test: TZ, and tzlocal's cached zone."""
+    before = os.environ.get("TZ")
+    os.environ["TZ"] = "Asia/Tokyo"
+    tzlocal.reload_localzone()
+    yield
+    if before is None:
+        del os.environ["TZ"]
+    else:
+        os.environ["TZ"] = before
+    tzlocal.reload_localzone()
 
 
 @pytest.fixture
@@ -123,13 +142,43 @@ def test_0_2_in_paris_fires_twice_the_night_clocks_go_back(e07_alone):
     assert in_utc(new_york) == ["Sun 11-02 05:30", "Sun 11-02 06:30", "Mon 11-03 06:30"]
 
 
-def test_apscheduler_reads_a_crontab_in_local_time_unless_told_and_the_lab_in_utc(e07_alone):
-    assert CronTrigger.from_crontab("0 2 * * *").timezone == tzlocal.get_localzone()  # the machine's zone
-    assert str(e07_alone.cron_trigger("0 2 * * *").timezone) == "UTC"
-    scheduler = e07_alone.make_scheduler(e07_alone.cron_trigger("0 2 * * *"))
+def test_apscheduler_reads_a_crontab_in_local_time_unless_told_and_the_lab_in_utc(e07_alone, machine_in_tokyo):
+    # Given a machine whose local time is Tokyo's, UTC+9, and Monday 2025-01-06 00:00 UTC (09:00 in Tokyo)
+    monday = datetime(2025, 1, 6, tzinfo=UTC)
+    # then APScheduler alone reads "0 2 * * *" as 02:00 in Tokyo, 17:00 UTC the day before
+    plain = CronTrigger.from_crontab("0 2 * * *")
+    assert str(plain.timezone) == "Asia/Tokyo"
+    assert in_utc(fire_times(plain, monday, 2)) == ["Mon 01-06 17:00", "Tue 01-07 17:00"]
+    # and the lab's cron_trigger, and its scheduler, as 02:00 UTC, wherever the machine is
+    lab_trigger = e07_alone.cron_trigger("0 2 * * *")
+    assert str(lab_trigger.timezone) == "UTC"
+    assert in_utc(fire_times(lab_trigger, monday, 2)) == ["Mon 01-06 02:00", "Tue 01-07 02:00"]
+    scheduler = e07_alone.make_scheduler(lab_trigger)
     assert str(scheduler.timezone) == "UTC"
     [job] = scheduler.get_jobs()
     assert (job.max_instances, job.coalesce, job.misfire_grace_time) == (1, True, 60)
+
+
+def test_the_scheduler_command_sends_report_every_minute_in_utc_by_default(e07_alone, monkeypatch):
+    # Given `python e07_scheduling.py scheduler` with no option, stopped as soon as it would start waiting
+    built: list[BlockingScheduler] = []
+    monkeypatch.setattr(BlockingScheduler, "start", lambda self, *args, **kwargs: built.append(self))
+    sigterm = signal.getsignal(signal.SIGTERM)
+    try:
+        result = CliRunner().invoke(e07_alone.main, ["scheduler"])
+    finally:
+        signal.signal(signal.SIGTERM, sigterm)  # the command installs its own handler
+    assert result.exit_code == 0, result.output
+    # then its one job sends report(source, 0) at the start of every minute, read in UTC
+    [scheduler] = built
+    [job] = scheduler.get_jobs()
+    assert (job.args[0], job.args[2]) == ("report", 0) and job.args[1].startswith("scheduler pid ")
+    assert str(scheduler.timezone) == str(job.trigger.timezone) == "UTC"
+    fires = fire_times(job.trigger, datetime(2025, 1, 6, 9, 0, 30, tzinfo=UTC), 3)
+    assert [f"{fire.astimezone(UTC):%H:%M:%S}" for fire in fires] == ["09:01:00", "09:02:00", "09:03:00"]
+    assert (job.max_instances, job.coalesce, job.misfire_grace_time) == (1, True, 60)
+    assert result.output.splitlines()[0].endswith("report on cron[month='*', day='*', day_of_week='*', "
+                                                  "hour='*', minute='*'] in UTC; Ctrl-C stops it")
 
 
 def test_next_prints_fire_times_in_utc_and_local_time():
@@ -189,21 +238,34 @@ def test_two_schedulers_send_every_run_twice(e07, steps, broker):
     assert sent == [2, 4, 6]
 
 
-def test_misfire_grace_time_and_coalescing_decide_what_a_late_scheduler_sends(steps, broker):
+def test_misfire_grace_time_and_coalescing_decide_what_a_late_scheduler_sends(steps, broker, caplog):
+    # APScheduler 3.11's own defaults for a job: coalesce, 1 s of grace, one instance at a time
+    defaults = steps.SteppedScheduler(timezone="UTC")
+    defaults.start(paused=True)
+    job = defaults.add_job(print, "interval", minutes=1)
+    assert (job.coalesce, job.misfire_grace_time, job.max_instances) == (True, 1, 1)
+    defaults.shutdown()
     # Given a job for every minute whose scheduler stalled from 09:00:30 to 09:10:45: 10 fire times missed
+    options = {
+        "the lab's job: coalesce, 60 s of grace": {},
+        "APScheduler's defaults: coalesce, 1 s of grace": dict(coalesce=True, misfire_grace_time=1),
+        "no coalescing, 60 s of grace": dict(coalesce=False),
+        "no coalescing, no limit": dict(coalesce=False, misfire_grace_time=None),
+    }
+    sent_and_missed, warnings = {}, {}
     with steps.FakeClock(datetime(2025, 1, 6, tzinfo=UTC)) as clock:
-        sent_and_missed = {
-            "the lab's job: coalesce, 60 s of grace": steps.late_scheduler_sends(clock),
-            "APScheduler's defaults: coalesce, 1 s of grace": steps.late_scheduler_sends(clock, misfire_grace_time=1),
-            "no coalescing, 60 s of grace": steps.late_scheduler_sends(clock, coalesce=False),
-            "no coalescing, no limit": steps.late_scheduler_sends(clock, coalesce=False, misfire_grace_time=None),
-        }
+        for name, job_options in options.items():
+            caplog.clear()
+            sent_and_missed[name] = steps.late_scheduler_sends(clock, **job_options)
+            warnings[name] = [(r.levelname, r.getMessage().split(" was ")[1]) for r in caplog.records
+                              if r.getMessage().startswith("Run time of job")]
     assert sent_and_missed == {
         "the lab's job: coalesce, 60 s of grace": (1, 0),  # the 10 runs become one, 45 s late: within its grace
         "APScheduler's defaults: coalesce, 1 s of grace": (0, 1),  # one run, 45 s late: skipped, with a warning
         "no coalescing, 60 s of grace": (1, 9),  # 09:10 runs; 09:01 to 09:09 are more than 60 s late
         "no coalescing, no limit": (10, 0),  # a burst: every missed run at once
     }
+    assert warnings["APScheduler's defaults: coalesce, 1 s of grace"] == [("WARNING", "missed by 0:00:45")]
     assert broker.client.llen(lab.key(broker, "e07")) == 12  # what was sent is on the queue
 
 
@@ -251,16 +313,64 @@ def test_max_instances_guards_the_enqueue_not_the_actor(e07, steps, broker, reco
 
 def test_a_redis_mutex_keeps_overlapping_runs_out(e07, steps, broker, recorder, start_worker, caplog):
     caplog.set_level(logging.INFO)
-    start_worker(threads=3)
-    # When guarded_report fires three times while each run works for 300 ms
+    # Given guarded_report fired three times, each run to work for 300 ms
     scheduled_three_times(e07, steps, "guarded_report", 300)
+    # When a 3-thread worker starts all three at once (started after the sends, so that a slow machine
+    # cannot spread them more than 300 ms apart)
+    start_worker(threads=3)
     broker.join("e07", timeout=10_000)
     # then three messages ran, one of them did the work, and the two that overlapped it were skipped
     assert len(recorder.attempts_of("guarded_report")) == 3
     assert overlapping_runs(recorder, "guarded_report", 300) == (1, 1)
     skipped = [r for r in caplog.records if r.getMessage() == "skipped: another report still runs"]
     assert [r.levelname for r in skipped] == ["WARNING", "WARNING"]
+    # and the skipped runs returned: three successes, nothing retried
+    assert [a.outcome for a in recorder.attempts_of("guarded_report")] == ["ok"] * 3
+    assert [e.queue for e in recorder.enqueues_of("guarded_report")] == ["e07"] * 3
     assert broker.client.get(e07.MUTEX.key) == b"0"  # released: the next fire time can run
+
+
+def test_the_mutex_key_expires_after_its_ttl_of_2_minutes_even_while_held(e07, broker):
+    # Given guarded_report's mutex: Dramatiq's ConcurrentRateLimiter, limit 1, with a ttl of 2 minutes
+    assert (e07.MUTEX.limit, e07.MUTEX.ttl) == (1, 120_000)
+    assert ConcurrentRateLimiter(e07.MUTEX.backend, "default").ttl == 900_000  # Dramatiq's default: 15 minutes
+    # When a run takes it and never lets it go, as a worker that dies holding it
+    assert e07.MUTEX._acquire()  # what `with MUTEX.acquire()` does first; its release never comes
+    # then no other run gets it, and its key is set to expire 2 minutes after it was taken
+    with e07.MUTEX.acquire(raise_on_failure=False) as acquired:
+        assert not acquired
+    assert broker.client.get(e07.MUTEX.key) == b"1"
+    assert 119_000 < broker.client.pttl(e07.MUTEX.key) <= 120_000
+    # and once the ttl has passed, held or not, the next run gets it: here with a ttl of 200 ms
+    short = ConcurrentRateLimiter(e07.MUTEX.backend, e07.MUTEX.key + ".short", ttl=200)
+    assert short._acquire()
+    with short.acquire(raise_on_failure=False) as acquired:
+        assert not acquired
+    assert lab.wait_until(lambda: broker.client.get(short.key) is None, timeout=2)
+    with short.acquire(raise_on_failure=False) as acquired:
+        assert acquired
+
+
+def test_a_run_that_raises_on_a_taken_mutex_is_retried_and_runs_late(e07, broker, recorder, start_worker):
+    # Given an actor that raises when the mutex is taken (acquire()'s default), while another run holds it
+    @dramatiq.actor(queue_name="e07", broker=broker, max_retries=3, min_backoff=200, max_backoff=400)
+    def raising_report(source: str, ms: int = 0) -> None:
+        with e07.MUTEX.acquire():
+            pass
+
+    assert e07.MUTEX._acquire()
+    start_worker()
+    raising_report.send("scheduler", 0)
+    # then its run raised RateLimitExceeded, and Retries sent it again through e07.DQ
+    assert lab.wait_until(lambda: [a.outcome for a in recorder.attempts_of("raising_report")] == ["retried"],
+                          timeout=5)
+    # and once the holder let go, its retry did the work, 200 to 400 ms late
+    e07.MUTEX._release()
+    assert lab.wait_until(lambda: [a.outcome for a in recorder.attempts_of("raising_report")] == ["retried", "ok"],
+                          timeout=5)
+    [failed, _] = recorder.attempts_of("raising_report")
+    assert failed.error.startswith("RateLimitExceeded: rate limit exceeded for key")
+    assert [e.queue for e in recorder.enqueues_of("raising_report")] == ["e07", "e07.DQ", "e07"]
 
 
 def test_the_retries_of_a_scheduled_actor_are_dramatiqs_not_the_schedulers(e07, steps, broker, recorder,

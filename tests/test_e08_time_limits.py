@@ -9,14 +9,15 @@ import time
 from collections.abc import Iterator
 from types import ModuleType
 
+import lab
+from lab import experiments
+
 import dramatiq
 import pytest
 from click.testing import CliRunner
-from dramatiq.middleware import Interrupt, TimeLimit, TimeLimitExceeded
+from dramatiq.errors import DramatiqError
+from dramatiq.middleware import AgeLimit, Interrupt, TimeLimit, TimeLimitExceeded
 from dramatiq.middleware.threading import raise_thread_exception
-
-import lab
-from lab import experiments
 
 # One TimeLimit that checks every 50 ms instead of every second, shared by the tests (its checker
 # thread never stops, so one is started for all): the tests then wait 50 ms, not 1 s, past a limit.
@@ -94,17 +95,25 @@ def test_time_limit_defaults_to_10_minutes_checked_once_a_second():
     assert time_limit.time_limit == 600_000  # ms: 10 minutes, for every actor that sets none
     assert time_limit.manager.interval == 1.0  # s: the checker thread looks at the deadlines once a second
     assert TimeLimit in dramatiq.middleware.default_middleware
+    # and float("inf") is no limit: a check long after it was set finds nothing to interrupt
+    time_limit.manager.add_timeout(threading.get_ident(), float("inf"))
+    time_limit.manager._handle_deadlines()  # one check; an expired deadline would raise in this thread at once
+    time.sleep(0)
+    assert time_limit.manager.deadlines[threading.get_ident()] == float("inf")
 
 
 def test_an_in_process_worker_never_enforces_a_time_limit_without_process_boot(alone):
-    # Given the lab's broker as it is (TimeLimit's checker thread is started only by after_process_boot)
+    # Given the broker's TimeLimit, checking every 50 ms once started, and never sent after_process_boot
+    index = next(i for i, m in enumerate(alone.broker.middleware) if isinstance(m, TimeLimit))
+    alone.broker.middleware[index] = unbooted = TimeLimit(interval=CHECK_MS)
     # when a plain dramatiq.Worker runs a 300 ms loop whose limit is 100 ms
     alone.e08.spin.send_with_options(args=(300,), time_limit=100)
     alone.start_worker()
     assert lab.wait_until(lambda: settled(alone.recorder, "spin", 1), timeout=5)
-    # then nothing stopped it: it ran its 300 ms and succeeded
+    # then nothing stopped it: it ran its 300 ms and succeeded, and the checker thread never started
     [attempt] = alone.recorder.attempts_of("spin")
     assert attempt.outcome == "ok" and took(attempt) >= 300, (attempt.outcome, took(attempt))
+    assert not unbooted.manager.is_alive()
 
 
 def test_a_python_loop_is_stopped_within_one_check_of_its_limit(alone_with_time_limits):
@@ -204,9 +213,34 @@ def test_a_caught_time_limit_exceeded_fires_once_and_the_message_succeeds(alone_
     assert bench.recorder.enqueues_of("tidy")[1:] == []
 
 
-def test_except_exception_does_not_catch_time_limit_exceeded():
-    assert issubclass(TimeLimitExceeded, Interrupt) and issubclass(Interrupt, BaseException)
-    assert not issubclass(TimeLimitExceeded, Exception)
+def caught_by(clause: type[BaseException]) -> bool:
+    """Whether ``except clause:`` catches a TimeLimitExceeded."""
+    try:
+        try:
+            raise TimeLimitExceeded
+        except clause:
+            return True
+    except TimeLimitExceeded:
+        return False
+
+
+def caught_by_a_bare_except() -> bool:
+    try:
+        raise TimeLimitExceeded
+    except:  # noqa: E722 - the point: a bare except catches every BaseException
+        return True
+
+
+def test_time_limit_exceeded_escapes_except_exception_but_not_interrupt_base_exception_or_a_bare_except():
+    # Given TimeLimitExceeded: an Interrupt, which is a BaseException and deliberately not a DramatiqError
+    assert TimeLimitExceeded.__mro__ == (TimeLimitExceeded, Interrupt, BaseException, object)
+    # then `except Exception` (and `except DramatiqError`) let it through; its name, Interrupt,
+    # BaseException and a bare except catch it
+    clauses = (TimeLimitExceeded, Interrupt, BaseException, Exception, DramatiqError)
+    assert {clause.__name__: caught_by(clause) for clause in clauses} == {
+        "TimeLimitExceeded": True, "Interrupt": True, "BaseException": True, "Exception": False,
+        "DramatiqError": False}
+    assert caught_by_a_bare_except()
 
 
 def test_a_timed_out_message_is_retried_and_uses_up_max_retries(load, broker, recorder, start_worker,
@@ -223,10 +257,14 @@ def test_a_timed_out_message_is_retried_and_uses_up_max_retries(load, broker, re
     assert {a.error for a in attempts} == {"TimeLimitExceeded: "}
     assert len([e for e in recorder.enqueues_of("spin") if e.delay_ms is not None]) == 2  # the backoffs
     assert [d.message.message_id for d in lab.dead_letters(broker, "e08")] == [message.message_id]
-    # and each attempt was logged: the limit at WARNING, the failure at ERROR with its traceback
-    fired = [r.levelname for r in caplog.records if r.getMessage().startswith("Time limit exceeded.")]
-    errors = [r for r in caplog.records if r.getMessage().startswith("Failed to process message spin(5000)")]
-    assert fired == ["WARNING"] * 3 and [(r.levelname, bool(r.exc_info)) for r in errors] == [("ERROR", True)] * 3
+    # and each attempt was logged: the limit at WARNING, the failure at ERROR with its traceback, then what
+    # Retries did, at INFO for a retry and at WARNING for the last
+    logged = [(r.name.rsplit(".", 1)[-1], r.levelname, r.getMessage().split(" ")[0], bool(r.exc_info))
+              for r in caplog.records if r.getMessage().startswith(
+                  ("Time limit exceeded.", "Failed to process message", "Retrying message", "Retries exceeded"))]
+    attempt = [("TimeLimit", "WARNING", "Time", False), ("WorkerThread", "ERROR", "Failed", True)]
+    assert logged == [*attempt, ("Retries", "INFO", "Retrying", False)] * 2 + [
+        *attempt, ("Retries", "WARNING", "Retries", False)], logged
 
 
 # -- age limits ------------------------------------------------------------------------------
@@ -246,6 +284,7 @@ def test_a_message_older_than_max_age_is_skipped_unrun_into_the_dead_letters(loa
     assert [d.message.message_id for d in lab.dead_letters(broker, "e08")] == [message.message_id]
     assert [e.queue for e in recorder.enqueues_of("spin")] == ["e08.DQ", "e08"]  # sent, then due: no retry
     # and it was logged twice at WARNING: by AgeLimit, with the message id, then by the worker
+    assert AgeLimit().max_age is None  # the default: no age limit unless the actor or the message sets one
     logged = [(r.name, r.levelname, r.getMessage()) for r in caplog.records if r.levelno >= logging.WARNING]
     assert logged == [
         ("dramatiq.middleware.age_limit.AgeLimit", "WARNING",
@@ -254,15 +293,28 @@ def test_a_message_older_than_max_age_is_skipped_unrun_into_the_dead_letters(loa
     ]
 
 
-def test_max_age_counts_from_the_first_send_so_a_retry_can_age_out(load, broker, recorder, start_worker):
-    # Given a message that fails once, with a max_age of 150 ms and a backoff of 200 to 250 ms
+def test_max_age_counts_from_the_first_send_so_a_retry_can_age_out(load, broker, recorder, start_worker,
+                                                                    time_limits):
+    # Given a message with a max_age of 400 ms whose first attempt times out after 500 ms, then is retried
+    # (once) 20 to 40 ms later
     e08 = load("e08")
-    message = e08.flaky.send_with_options(args=(1,), max_age=150, min_backoff=200, max_backoff=250)
     start_worker()
+    message = e08.spin.send_with_options(args=(5_000,), time_limit=500, max_age=400, max_retries=1,
+                                         min_backoff=20, max_backoff=40)
     assert lab.wait_until(lambda: lab.dead_letters(broker, "e08"), timeout=5)
-    # then its retry was skipped: the backoff alone made it older than 150 ms since it was first sent
-    assert [(a.number, a.outcome) for a in recorder.attempts_of("flaky")] == [(1, "retried"), (2, "skipped")]
-    assert [d.message.message_id for d in lab.dead_letters(broker, "e08")] == [message.message_id]
+    # then the first attempt ran, and its retry was skipped, unrun, into the dead letters
+    attempts = recorder.attempts_of("spin")
+    assert [(a.number, a.outcome) for a in attempts] == [(1, "retried"), (2, "skipped")]
+    first, retry = attempts
+    assert took(first) >= 500 and first.error == "TimeLimitExceeded: ", (took(first), first.error)
+    [dead] = [d.message for d in lab.dead_letters(broker, "e08")]
+    assert dead.message_id == message.message_id
+    # because the retry kept the first send's timestamp, and was over 400 ms past it when taken,
+    assert dead.message_timestamp == message.message_timestamp
+    assert retry.started_ms - message.message_timestamp >= 400
+    # while less than 400 ms had passed since the retry was sent: counted from there, it would have run
+    sent_again_ms = dead.options["requeue_timestamp"]
+    assert 0 < retry.started_ms - sent_again_ms < 400, retry.started_ms - sent_again_ms
 
 
 # -- callbacks -------------------------------------------------------------------------------
@@ -300,6 +352,34 @@ def test_on_retry_exhausted_fires_once_when_the_retries_run_out(load, broker, re
     assert callbacks(recorder) == {"failed": 4, "succeeded": 0, "exhausted": 1}
     [exhausted] = recorder.attempts_of("exhausted")
     assert exhausted.args[1] == {"retries": 3, "max_retries": 3}
+
+
+def test_a_throws_abort_fires_on_failure_but_not_on_retry_exhausted(load, broker, recorder, start_worker,
+                                                                   time_limits, caplog):
+    # Given spin_once: spin with throws=(TimeLimitExceeded,), max_retries=2, on_failure and on_retry_exhausted
+    caplog.set_level(logging.INFO)
+    e08 = load("e08")
+    message = e08.spin_once.send_with_options(args=(5_000,), time_limit=100)
+    start_worker()
+    # when it times out
+    assert lab.wait_until(lambda: settled(recorder, "failed", 1), timeout=5)
+    broker.join("e08", timeout=5000)
+    # then it failed at once: one attempt, no retry, in the dead letters
+    assert [(a.outcome, a.error) for a in recorder.attempts_of("spin_once")] == [("failed", "TimeLimitExceeded: ")]
+    assert [e.queue for e in recorder.enqueues_of("spin_once")] == ["e08"]
+    assert [d.message.message_id for d in lab.dead_letters(broker, "e08")] == [message.message_id]
+    # and on_failure ran once, on_retry_exhausted never: no retry ran out
+    assert callbacks(recorder) == {"failed": 1, "succeeded": 0, "exhausted": 0}
+    [failure] = recorder.attempts_of("failed")
+    assert failure.args[1] == {"type": "TimeLimitExceeded", "message": ""}
+    # and the worker logged the failure at INFO as expected, without a traceback, and Retries its abort
+    logged = [(r.name.rsplit(".", 1)[-1], r.levelname, r.getMessage(), bool(r.exc_info)) for r in caplog.records
+              if r.name.startswith(("dramatiq.worker", "dramatiq.middleware.retries"))]
+    assert logged == [
+        ("WorkerThread", "INFO", "Failed to process message spin_once(5000) with expected exception "
+                                 "TimeLimitExceeded.", False),
+        ("Retries", "INFO", f"Aborting message {message.message_id!r}.", False),
+    ], logged
 
 
 def test_a_message_skipped_by_its_age_limit_fires_no_callback(load, broker, recorder, start_worker):
