@@ -19,8 +19,8 @@ def scenario(run: lab.Run) -> None:
     mismatched = [p for p in counts["problems"] if ", ran " in p or "never sent" in p]
     run.check("test_a_tiny_run_ran_every_message_it_sent_exactly_once",
               counts["sent"] == counts["processed"] and not mismatched,
-              f"{counts['sent']} messages sent to workers in {counts['batches']} batches, {counts['processed']} ran"
-              + (f"; {mismatched}" if mismatched else ""))
+              f"{counts['sent']} sent to workers in {counts['batches']} batches, {counts['processed']} ran; "
+              + (f"{mismatched}" if mismatched else "each batch ran exactly what it sent"))
 
     run.check("test_a_tiny_run_leaves_nothing_in_any_queue_and_nothing_unacked", counts["left"] == {},
               f"left in Redis after the run: {counts['left'] or 'nothing'}")

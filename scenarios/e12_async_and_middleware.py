@@ -89,15 +89,15 @@ def without_asyncio(run: lab.Run) -> None:
         worker.stop()
     run.check("test_any_middleware_error_in_a_before_hook_stops_the_actor_and_counts_as_its_failure",
               isinstance(refused, Refused) and 2 not in ran and len(stub.dead_letters_by_queue["gated"]) == 1,
-              f"a before hook raised a MiddlewareError: join raised {refused!r}; the actor ran "
-              f"{ran.count(2)} time(s); dead letters: {len(stub.dead_letters_by_queue['gated'])}")
+              f"MiddlewareError: {ran.count(2)} actor runs, {len(stub.dead_letters_by_queue['gated'])} dead letter"
+              + ("" if isinstance(refused, Refused) else f", join raised {refused!r}"))
     run.check("test_asyncio_is_not_a_default_middleware_and_an_async_actor_without_it_fails",
               AsyncIO not in default_middleware and isinstance(raised, RuntimeError),
               f"without AsyncIO, join raised {raised!r}")
     run.check("test_another_exception_in_a_before_hook_is_logged_and_the_actor_runs_anyway",
               ran == [1] and [r.levelname for r in critical.records] == ["CRITICAL"],
-              f"a before hook raised AttributeError: logged {[r.getMessage()[:45] for r in critical.records]}; "
-              f"the actor ran {len(ran)} time(s)")
+              f"AttributeError: {', '.join(r.levelname for r in critical.records) or 'nothing'} logged, "
+              f"{len(ran)} actor run")
     try:
         StubBroker().add_middleware(AsyncIO)
         refused = None
@@ -151,7 +151,8 @@ def scenario(run: lab.Run) -> None:
     names = [type(m).__name__ for m in run.broker.middleware]
     run.check("test_e12_adds_each_middleware_once_and_leaves_other_experiments_actors_alone",
               [names.count(n) for n in ("AsyncIO", "KillSwitch", "Stopwatch")] == [1, 1, 1],
-              f"AsyncIO, KillSwitch, Stopwatch: {[names.count(n) for n in ('AsyncIO', 'KillSwitch', 'Stopwatch')]}")
+              "on the shared broker: "
+              + ", ".join(f"{n} {names.count(n)}" for n in ("AsyncIO", "KillSwitch", "Stopwatch")))
     message = e12.switched_report.message(1)
     run.check("test_an_option_declared_on_the_actor_is_not_in_the_message_options",
               "kill_switch" not in message.options and e12.option(run.broker, message, "kill_switch") == "reports",
@@ -168,16 +169,17 @@ def scenario(run: lab.Run) -> None:
         awaited, blocked = wall(run, blocking=False), wall(run, blocking=True)
         run.check("test_a_blocking_call_in_an_async_actor_stalls_the_loop_and_await_does_not",
                   overlap(awaited[3]) and one_after_another(blocked[3]),
-                  f"4 naps of {NAP_S} s on 4 threads: await {awaited[0]:.2f} s in all; time.sleep {blocked[0]:.2f} s "
-                  f"in all, each message {blocked[1]:.2f} to {blocked[2]:.2f} s; on the loop, awaited naps overlap: "
-                  f"{overlap(awaited[3])}, blocking ones ran one after another: {one_after_another(blocked[3])}")
+                  f"4 naps of {NAP_S} s, 4 threads: awaited "
+                  f"{'overlapped' if overlap(awaited[3]) else 'did not overlap'} ({awaited[0]:.2f} s); time.sleep "
+                  f"{'ran in turn' if one_after_another(blocked[3]) else 'overlapped'} ({blocked[0]:.2f} s), "
+                  f"each message {blocked[1]:.2f} to {blocked[2]:.2f} s")
 
         asked = [e12.async_whoami.send() for _ in range(3)]
         answers = [m.get_result(block=True, timeout=5000) for m in asked]
         loop = get_event_loop_thread()
         run.check("test_async_actors_run_on_one_event_loop_thread_not_the_worker_threads",
                   loop is not None and {a["thread"] for a in answers} == {loop.name},
-                  f"3 coroutines ran on {sorted({a['thread'] for a in answers})}; worker threads "
+                  f"3 coroutines ran on {sorted({a['thread'] for a in answers})}, the loop's; their worker threads: "
                   f"{sorted({a.thread for a in run.attempts('async_whoami')})}")
         run.check("test_current_message_gives_each_async_actor_its_own_message",
                   [a["message_id"] for a in answers] == [m.message_id for m in asked],
@@ -196,7 +198,9 @@ def scenario(run: lab.Run) -> None:
         seen = [(name, hook) for name, hook, mid, _ in trace if mid == skipped.message_id]
         run.check("test_skip_message_stops_the_before_hooks_after_it_yet_every_after_skip_hook_runs",
                   seen == [("before_killswitch", "before"), ("last", "after_skip"), ("after_killswitch", "after_skip"),
-                           ("before_killswitch", "after_skip")], f"hooks: {seen}")
+                           ("before_killswitch", "after_skip")],
+                  f"before: {', '.join(n for n, hook in seen if hook == 'before') or 'no tap'}; after_skip: "
+                  f"{', '.join(n for n, hook in seen if hook == 'after_skip') or 'no tap'}")
 
         failing = e12.switched_report.send(0)
         run.settle(e12.QUEUE, timeout=5)
