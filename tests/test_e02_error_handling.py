@@ -6,6 +6,8 @@ import inspect
 import logging
 import statistics
 
+import lab
+
 import dramatiq
 import fakeredis
 import pytest
@@ -14,8 +16,6 @@ from dramatiq.brokers.redis import MAINTENANCE_SCALE, RedisBroker
 from dramatiq.brokers.stub import StubBroker
 from dramatiq.common import compute_backoff
 from dramatiq.middleware import Retries
-
-import lab
 
 UNLUCKY = 17
 
@@ -26,6 +26,13 @@ def retry_delays(recorder: lab.Recorder, message_id: str) -> list[int]:
 
 
 def test_retry_k_waits_min_backoff_times_2_to_the_k_up_to_twice_that(load, recorder, start_worker):
+    # Given Dramatiq's own backoff for retry k (from 0) with min_backoff=100, drawn 500 times each
+    for k in range(3):
+        backoffs_ms = [compute_backoff(k, factor=100, max_backoff=10**9)[1] for _ in range(500)]
+        # then jitter only adds: never below 100·2^k, never twice that, and spread over the whole range
+        low, high = 100 * 2**k, 2 * 100 * 2**k
+        assert low <= min(backoffs_ms) < 1.1 * low and 0.95 * high < max(backoffs_ms) < high, (k, backoffs_ms)
+    # and the worker waits that long between attempts
     e02 = load("e02")
     message = e02.unhandled.send_with_options(args=(UNLUCKY,), max_retries=3, min_backoff=50, max_backoff=10_000)
     start_worker()

@@ -6,22 +6,27 @@ Messages that fail on purpose carry max_retries=0, so they fail for good at once
 
 from __future__ import annotations
 
+import logging
 import signal
 import subprocess
 import sys
+import threading
 import time
-from types import ModuleType
+from types import ModuleType, SimpleNamespace
+
+import lab
+from lab.keys import key
 
 import dramatiq
 import pytest
 import redis
 from click.testing import CliRunner
 from dramatiq.brokers.stub import StubBroker
-from dramatiq.middleware import GroupCallbacks
+from dramatiq.middleware import CurrentMessage, GroupCallbacks
+from dramatiq.rate_limits.backends import RedisBackend as RedisRateLimiterBackend
 from dramatiq.results import ResultFailure, ResultMissing, Results, ResultTimeout
 from dramatiq.results.backends import RedisBackend
 
-import lab
 from conftest import ROOT, lab_env
 
 QUEUE = "e04"
@@ -86,6 +91,25 @@ def test_a_step_that_fails_for_good_stops_the_pipeline(e04, worker, broker, reco
     assert args_of(recorder, "double") == []
 
 
+def test_a_step_that_will_be_retried_holds_the_pipeline_until_a_retry_succeeds(e04, worker, broker, recorder):
+    # Given a middle step that fails on its first try and succeeds on its retry
+    @dramatiq.actor(queue_name=QUEUE, broker=broker, max_retries=1, min_backoff=20, max_backoff=40)
+    def flaky_increment(x: int) -> int:
+        if CurrentMessage.get_current_message().options.get("retries", 0) == 0:
+            raise ValueError("the first try fails")
+        return x + 1
+
+    # when it runs in a pipeline
+    pipe = (e04.add.message(1, 1) | flaky_increment.message() | e04.double.message()).run()
+
+    # then the next step runs once, with the retry's result: the failed try sent nothing on
+    assert pipe.get_result(block=True, timeout=WAIT_MS) == 6
+    settle(broker)
+    assert [(a.args, a.outcome) for a in recorder.attempts if a.actor == "flaky_increment"] == [
+        ((2,), "retried"), ((2,), "ok")]
+    assert args_of(recorder, "double") == [(3,)]
+
+
 def test_the_pipeline_result_is_the_last_steps_result(e04, worker):
     pipe = (e04.add.message(3, 1) | e04.double.message() | e04.power.message(2)).run()
 
@@ -111,6 +135,23 @@ def test_a_group_runs_every_member_and_get_results_keeps_their_order(e04, worker
     assert list(fan_out.get_results(block=True, timeout=WAIT_MS)) == [1, 4, 9, 16, 25, 36]
 
 
+def test_a_groups_members_run_at_the_same_time_on_the_workers_threads(e04, worker, broker, recorder):
+    # Given two members that can only finish together: each waits for the other at a barrier
+    meeting = threading.Barrier(2, timeout=2)
+
+    @dramatiq.actor(queue_name=QUEUE, broker=broker, max_retries=0)
+    def meet() -> None:
+        meeting.wait()
+
+    # when the group runs on a worker with 2 threads
+    dramatiq.group([meet.message(), meet.message()]).run()
+
+    # then both ran at once, one on each thread, and both got past the barrier
+    assert lab.wait_until(lambda: len(recorder.attempts) == 2 and all(a.ended for a in recorder.attempts), timeout=5)
+    assert [a.outcome for a in recorder.attempts] == ["ok", "ok"]
+    assert len({a.thread for a in recorder.attempts}) == 2
+
+
 def test_the_completion_callback_runs_once_after_every_member_succeeded(e04, start_worker, broker, recorder):
     start_worker(threads=1)  # members one after another: "after the last one" is then a strict order
     fan_out = dramatiq.group(e04.square.message(i) for i in range(1, 6))
@@ -127,10 +168,12 @@ def test_the_completion_callback_runs_once_after_every_member_succeeded(e04, sta
 
 
 def test_the_completion_callback_never_runs_when_a_member_fails_for_good(e04, worker, broker, recorder):
-    fan_out = dramatiq.group([e04.square.message(1), e04.square.message_with_options(args=(2,), **FAIL),
-                              e04.square.message(3)])
+    failing = e04.square.message_with_options(args=(2,), **FAIL)
+    fan_out = dramatiq.group([e04.square.message(1), failing, e04.square.message(3)])
     fan_out.add_completion_callback(e04.group_done.message(3))
     fan_out.run()
+    with pytest.raises(ResultFailure):
+        failing.get_result(block=True, timeout=WAIT_MS)  # stored once it is dead-lettered: wait for that
     settle(broker)
 
     assert sorted((a.args, a.outcome) for a in recorder.attempts if a.actor == "square") == [
@@ -157,40 +200,87 @@ def test_waiting_on_a_group_inside_an_actor_deadlocks_the_only_thread(e04, start
 # -- results ---------------------------------------------------------------------------------
 
 
-def test_without_store_results_get_result_raises_result_missing(e04, worker, broker, recorder):
+def test_without_store_results_get_result_raises_result_missing(e04, worker, broker, recorder, caplog):
+    caplog.set_level(logging.WARNING)
     message = e04.add.send_with_options(args=(2, 2), store_results=False)  # overrides the actor's True
     settle(broker)
 
     assert [(a.args, a.outcome) for a in recorder.attempts] == [((2, 2), "ok")]
     with pytest.raises(ResultMissing):
         message.get_result()
+    with pytest.raises(ResultTimeout):
+        message.get_result(block=True, timeout=999)  # (under 1 s the Redis backend does not wait: see below)
+    # and the dropped value was logged as a warning
+    dropped = [(r.levelname, r.getMessage()) for r in caplog.records if "has been discarded" in r.getMessage()]
+    assert dropped == [("WARNING", "Actor 'add' returned a value that is not None, but you haven't set its "
+                                   "`store_results' option to `True' so the value has been discarded.")]
 
 
-def test_a_failed_messages_result_raises_result_failure(e04, worker):
-    message = e04.square.send_with_options(args=(3,), **FAIL)
+def test_a_failed_messages_result_raises_result_failure(e04, worker, recorder):
+    # Given a message that fails for good at once, one retried once before it fails for good,
+    # and one that fails for good without storing results
+    at_once = e04.square.send_with_options(args=(3,), **FAIL)
+    retried = e04.square.send_with_options(args=(4,), kwargs={"fail": True}, max_retries=1, min_backoff=300,
+                                           max_backoff=1000)
+    unstored = e04.square.send_with_options(args=(5,), store_results=False, **FAIL)
 
+    # then the first one's result is its exception
     with pytest.raises(ResultFailure) as failure:
-        message.get_result(block=True, timeout=WAIT_MS)
+        at_once.get_result(block=True, timeout=WAIT_MS)
     assert str(failure.value) == "actor raised ValueError: square(3) was told to fail"
-    assert failure.value.orig_exc_type == "ValueError"
+    assert (failure.value.orig_exc_type, failure.value.orig_exc_msg) == ("ValueError", "square(3) was told to fail")
+    # the retried one has no result while its retry waits (300 ms at least), and its exception once that failed
+    tries = lambda: [a.outcome for a in recorder.attempts if a.args == (4,)]  # noqa: E731
+    assert lab.wait_until(lambda: tries() == ["retried"], timeout=WAIT_MS / 1000), tries()
+    with pytest.raises(ResultMissing):
+        retried.get_result()
+    with pytest.raises(ResultFailure):
+        retried.get_result(block=True, timeout=WAIT_MS)
+    assert tries() == ["retried", "failed"]
+    # and the one that stores no results has none, not even its exception
+    assert [a.outcome for a in recorder.attempts if a.args == (5,)] == ["failed"]
+    with pytest.raises(ResultMissing):
+        unstored.get_result()
 
 
-def test_get_result_raises_result_timeout_when_no_result_comes_in_time(e04):
+def test_get_result_raises_result_timeout_when_no_result_comes_in_time(e04, broker, monkeypatch):
     message = e04.add.send(1, 2)  # no worker: no result, ever
     started = time.monotonic()
 
     with pytest.raises(ResultTimeout):
         message.get_result(block=True, timeout=1000)
     assert time.monotonic() - started >= 0.9
+    # and without a timeout it would wait 10 s: the Redis backend asks BRPOPLPUSH for 10 (seconds)
+    waits = []
+    client = broker.get_results_backend().client
+    monkeypatch.setattr(client, "brpoplpush", lambda source, destination, seconds: waits.append(seconds))
+    with pytest.raises(ResultTimeout):
+        message.get_result(block=True)
+    assert waits == [10]
 
 
-def test_the_redis_result_backend_does_not_wait_below_one_second(e04):
+def test_the_redis_result_backend_does_not_wait_below_one_second(e04, monkeypatch):
     message = e04.add.send(1, 2)
     started = time.monotonic()
 
     with pytest.raises(ResultTimeout):
         message.get_result(block=True, timeout=999)  # whole seconds, rounded down: 0, so no wait
     assert time.monotonic() - started < 0.5
+    # Given a group of two whose first member's result takes 250 ms to come (on a clock of our own)
+    clock = SimpleNamespace(now=0.0)
+    monkeypatch.setattr(dramatiq.composition, "time", SimpleNamespace(monotonic=lambda: clock.now))
+    asked = []
+
+    def get_result(member, *, backend=None, block=False, timeout=None):
+        asked.append(timeout)
+        clock.now += 0.25
+        return 0
+
+    monkeypatch.setattr(dramatiq.Message, "get_result", get_result)
+    # when its results are read with one timeout of 1000 ms
+    list(dramatiq.group([e04.add.message(1, 2), e04.add.message(3, 4)]).get_results(block=True, timeout=1000))
+    # then the second member gets what is left, 750 ms: under a second, so the Redis backend would not wait
+    assert asked == [1000, 750]
 
 
 def test_a_wait_longer_than_the_socket_timeout_raises_redis_timeout_error(real_redis_url):
@@ -202,6 +292,22 @@ def test_a_wait_longer_than_the_socket_timeout_raises_redis_timeout_error(real_r
 
     with pytest.raises(redis.TimeoutError):
         backend.get_result(message, block=True, timeout=1000)
+
+
+def test_the_sender_waits_in_slices_of_1_to_4_seconds(monkeypatch):
+    # Given a result that is there (the wait asked for is recorded)
+    asked = []
+
+    def get_result(message, *, backend=None, block=False, timeout=None):
+        asked.append(timeout)
+        return 256
+
+    monkeypatch.setattr(dramatiq.Message, "get_result", get_result)
+    message = dramatiq.Message(queue_name=QUEUE, actor_name="add", args=(1, 2), kwargs={}, options={})
+    # when the sender waits for it with 10 s, 2.5 s and 0.3 s left
+    results = [lab.wait_for_result(message, time.monotonic() + left) for left in (10, 2.5, 0.3)]
+    # then each wait is the time left in whole seconds, rounded up, and 4 s at most: under redis-py's 5 s
+    assert results == [256] * 3 and asked == [4000, 3000, 1000]
 
 
 def test_the_results_middleware_needs_a_backend_since_dramatiq_2():
@@ -216,10 +322,22 @@ def test_store_results_without_the_results_middleware_fails_at_declaration():
         dramatiq.actor(lambda: 1, actor_name="keeps", store_results=True, broker=bare)
 
 
-def test_a_group_barrier_lives_a_day_by_default(broker):
+def test_a_group_barrier_lives_a_day_by_default(e04, broker, monkeypatch):
     [callbacks] = [m for m in broker.middleware if isinstance(m, GroupCallbacks)]
-
     assert callbacks.barrier_ttl == 86_400_000  # ms; GroupCallbacks(barrier_ttl=...) to change it
+    # Given a group with a completion callback, run with no worker: no member ever counts down
+    fan_out = dramatiq.group([e04.square.message(1), e04.square.message(2)])
+    fan_out.add_completion_callback(e04.group_done.message(2))
+    fan_out.run()
+    # then its barrier, keyed by the group's completion uuid, expires in 24 hours
+    [barrier] = {dramatiq.Message.decode(data).options["group_completion_uuid"]
+                 for data in broker.client.hvals(key(broker, f"{QUEUE}.msgs"))}
+    assert 86_390_000 < broker.client.pttl(barrier) <= 86_400_000
+    # and the older environment variable still sets the ttl, with a warning that it goes away in 3.0
+    monkeypatch.setenv("dramatiq_group_callback_barrier_ttl", "5000")
+    with pytest.warns(FutureWarning, match="will be removed in dramatiq v3.0.0"):
+        from_env = GroupCallbacks(RedisRateLimiterBackend(client=broker.client))
+    assert from_env.barrier_ttl == 5000
 
 
 def test_a_stored_result_expires_after_ten_minutes_by_default(e04, worker, broker):
@@ -228,6 +346,18 @@ def test_a_stored_result_expires_after_ten_minutes_by_default(e04, worker, broke
 
     ttl_ms = broker.client.pttl(broker.get_results_backend().build_message_key(message))
     assert 590_000 < ttl_ms <= 600_000
+    # and result_ttl changes it per actor, or per message
+    @dramatiq.actor(queue_name=QUEUE, broker=broker, store_results=True, result_ttl=30_000)
+    def kept_briefly() -> int:
+        return 1
+
+    per_actor = kept_briefly.send()
+    per_message = kept_briefly.send_with_options(result_ttl=5_000)
+    ttls_ms = []
+    for sent in (per_actor, per_message):
+        sent.get_result(block=True, timeout=WAIT_MS)
+        ttls_ms.append(broker.client.pttl(broker.get_results_backend().build_message_key(sent)))
+    assert 20_000 < ttls_ms[0] <= 30_000 and 0 < ttls_ms[1] <= 5_000, ttls_ms
 
 
 # -- the sender ------------------------------------------------------------------------------

@@ -17,16 +17,17 @@ import re
 import time
 from collections.abc import Iterator
 
+import lab
+from lab.cli import cli
+from lab.failures import how_to_get_redis
+from lab.status import read_snapshot
+
 import dramatiq
 import pytest
 import redis
 from click.testing import CliRunner, Result
 
-import lab
 from conftest import free_port
-from lab.cli import cli
-from lab.failures import how_to_get_redis
-from lab.status import read_snapshot
 
 QUEUE = "t_status"
 
@@ -208,8 +209,28 @@ def test_purge_removes_ready_and_delayed_and_keeps_dead_letters_and_in_flight(st
     assert result.output.startswith(f"Removed 2 message(s) from {QUEUE}: 1 ready, 1 delayed. "
                                     "1 dead letter(s) kept")
     assert counts(status_json(server_url)) == {"ready": 0, "delayed": 0, "in_flight": 1, "dead": 1}
-    state.consumer.ack(state.in_flight)  # its worker finishes it: the stored copy was kept for that
-    assert state.broker.client.hlen(f"dramatiq:{QUEUE}.msgs") == 0
+    # its worker can still finish the in-flight message, even dead-letter it: its stored copy was kept
+    state.consumer.nack(state.in_flight)
+    assert counts(status_json(server_url)) == {"ready": 0, "delayed": 0, "in_flight": 0, "dead": 2}
+
+
+def test_purge_is_one_transaction_that_starts_again_when_the_queue_changes_meanwhile(state, server_url, monkeypatch):
+    # Given a sender that enqueues one more message just after purge has read the queue
+    multi, sent = redis.client.Pipeline.multi, []
+
+    def send_then_multi(pipe: redis.client.Pipeline) -> None:
+        if not sent:
+            sent.append(state.job.send(5))
+        multi(pipe)
+
+    monkeypatch.setattr(redis.client.Pipeline, "multi", send_then_multi)
+    # when the queue is purged
+    result = lab_cli("purge", QUEUE, "--redis", server_url, "--yes")
+    # then WATCH saw the change, EXEC refused, and purge read the queue again: it removed the new message too
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith(f"Removed 3 message(s) from {QUEUE}: 2 ready, 1 delayed.")
+    assert counts(status_json(server_url)) == {"ready": 0, "delayed": 0, "in_flight": 1, "dead": 1}
+    assert state.broker.client.hlen(f"dramatiq:{QUEUE}.msgs") == 1  # only the in-flight message's copy is left
 
 
 def test_purge_with_dead_letters_removes_them_too(state, server_url):
