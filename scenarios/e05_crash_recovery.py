@@ -14,18 +14,25 @@ from __future__ import annotations
 
 import math
 import signal
+import statistics
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 
-import dramatiq
-from dramatiq.broker import MessageProxy
-from dramatiq.brokers.redis import DEFAULT_HEARTBEAT_TIMEOUT, DEFAULT_MAINTENANCE_CHANCE, MAINTENANCE_SCALE, RedisBroker
-
-import e05_crash_recovery as e05
 import lab
 from lab.keys import count_queues, key_names
 from lab.processes import RedisServer, WorkerProcess
+
+import dramatiq
+import dramatiq.brokers.redis
+from dramatiq import Message
+from dramatiq.broker import MessageProxy
+from dramatiq.brokers.redis import DEFAULT_HEARTBEAT_TIMEOUT, DEFAULT_MAINTENANCE_CHANCE, MAINTENANCE_SCALE, RedisBroker
+from dramatiq.common import dq_name
+
+import e05_crash_recovery as e05
 
 HEARTBEAT_MS = 1000  # 10 x the spawned workers' worker_timeout (100 ms): no live worker looks dead
 TUNED = {"e05_heartbeat_timeout": str(HEARTBEAT_MS), "e05_maintenance_chance": str(MAINTENANCE_SCALE)}
@@ -53,16 +60,24 @@ def must(held: bool, what: str) -> None:
 # -- in this process, on any broker ---------------------------------------------------------------------------------
 
 
-def dies_holding(broker: RedisBroker, count: int = 1) -> list[MessageProxy]:
-    """What a worker killed right after its fetch leaves: ``count`` messages in the acks set of a
-    broker id that never calls Redis again, so that its heartbeat only gets older."""
-    consumer = RedisBroker(client=broker.client, namespace=broker.namespace).consume(e05.QUEUE, count, timeout=10)
+def dies_holding(broker: RedisBroker, count: int = 1, *, queues: tuple[str, ...] = (e05.QUEUE,)) -> list[MessageProxy]:
+    """What a worker killed right after its fetch leaves: ``count`` messages of each of ``queues`` in the
+    acks sets of one broker id that never calls Redis again, so that its heartbeat only gets older."""
+    dead = RedisBroker(client=broker.client, namespace=broker.namespace)
     fetched: list[MessageProxy] = []
-    deadline = time.monotonic() + 5
-    while len(fetched) < count and time.monotonic() < deadline:
-        if (message := next(consumer)) is not None:
-            fetched.append(message)
+    for queue in queues:
+        consumer, got = dead.consume(queue, count, timeout=10), 0
+        deadline = time.monotonic() + 5
+        while got < count and time.monotonic() < deadline:
+            if (message := next(consumer)) is not None:
+                fetched.append(message)
+                got += 1
     return fetched
+
+
+def heartbeats(broker: RedisBroker) -> set[str]:
+    """The broker ids in ``__heartbeats__``: every worker or sender not yet known dead."""
+    return {who.decode() for who in broker.client.zrange(lab.key(broker, "__heartbeats__"), 0, -1)}
 
 
 def others_stale(broker: RedisBroker) -> bool:
@@ -79,16 +94,48 @@ def recover(broker: RedisBroker) -> None:
     broker.do_qsize(e05.QUEUE)
 
 
-def default_recovery() -> dict[str, float]:
-    """With Dramatiq's defaults and one idle worker process: seconds until a dead worker's messages
-    come back. heartbeat_timeout, then as many e05 fetches as it takes to draw maintenance (1000 in a
-    million each), one per worker_timeout (1 s) from an idle consumer."""
+IDLE_AFTER = 8  # an idle consumer's first backoffs double from 5 ms; from its 9th on, all are capped
+
+
+def idle_fetch_gaps_ms(broker: RedisBroker, fetches: int = 300) -> list[float]:
+    """The backoffs between one idle worker's fetches on an empty e05, in ms, ``fetches`` of them.
+
+    A real ``dramatiq.Worker`` with Dramatiq's default ``worker_timeout``, on e05 only. Its e05 consumer
+    sleeps ``backoff_ms / 1000`` after each fetch that finds nothing (``_RedisConsumer.__next__``); here
+    that sleep is noted and not slept, so 300 of them take a second or less (on fakeredis), not four minutes.
+    Its other threads nap at most 10 ms, so the worker stops at once.
+    """
+    worker = dramatiq.Worker(broker, queues={e05.QUEUE}, worker_threads=1)
+    gaps: list[float] = []
+    real = dramatiq.brokers.redis.time
+
+    def sleep(seconds: float) -> None:
+        if threading.current_thread() is worker.consumers.get(e05.QUEUE) and len(gaps) < fetches:
+            gaps.append(seconds * 1000)
+            real.sleep(0)
+        else:
+            real.sleep(min(seconds, 0.01))
+
+    dramatiq.brokers.redis.time = SimpleNamespace(sleep=sleep, monotonic=real.monotonic, time=real.time)
+    try:
+        worker.start()
+        must(lab.wait_until(lambda: len(gaps) >= fetches, timeout=30), f"fewer than {fetches} idle fetches in 30 s")
+    finally:
+        dramatiq.brokers.redis.time = real
+        lab.stop_worker(worker, 100)  # its worker thread waits worker_timeout (1 s) for work, and then ends
+    return gaps[:fetches]
+
+
+def default_recovery(gap_ms: float) -> dict[str, float]:
+    """With Dramatiq's defaults and one idle worker process: seconds until a dead worker's messages come
+    back. heartbeat_timeout, then as many e05 fetches as it takes to draw maintenance (1000 in a million
+    each), ``gap_ms`` apart on average (an idle consumer's backoff, :func:`idle_fetch_gaps_ms`)."""
     chance = DEFAULT_MAINTENANCE_CHANCE / MAINTENANCE_SCALE
-    fetch_s = dramatiq.worker.WORKER_TIMEOUT / 1000
-    fetches = {"median": math.log(0.5) / math.log(1 - chance), "mean": 1 / chance,
-               "p95": math.log(0.05) / math.log(1 - chance)}
-    return {"heartbeat": DEFAULT_HEARTBEAT_TIMEOUT / 1000, **{k: DEFAULT_HEARTBEAT_TIMEOUT / 1000 + n * fetch_s
-                                                             for k, n in fetches.items()}}
+    fetches = {"median": math.ceil(math.log(0.5) / math.log(1 - chance)), "mean": 1 / chance,
+               "p95": math.ceil(math.log(0.05) / math.log(1 - chance))}
+    return {"heartbeat": DEFAULT_HEARTBEAT_TIMEOUT / 1000, "gap_ms": gap_ms,
+            **{f"{k} fetches": n for k, n in fetches.items()},
+            **{k: DEFAULT_HEARTBEAT_TIMEOUT / 1000 + n * gap_ms / 1000 for k, n in fetches.items()}}
 
 
 def in_this_process(run: lab.Run) -> None:
@@ -97,7 +144,9 @@ def in_this_process(run: lab.Run) -> None:
     try:
         # What brings a dead worker's messages back: a stale heartbeat AND maintenance for its queue.
         e05.deposit.send(1, 0)
-        [held] = dies_holding(broker)
+        e05.deposit.send_with_options(args=(1, 0), delay=3_600_000)  # on e05.DQ
+        held, _ = dies_holding(broker, queues=(e05.QUEUE, dq_name(e05.QUEUE)))
+        [dead] = heartbeats(broker) - {broker.broker_id}
         broker.heartbeat_timeout, broker.maintenance_chance = 200, MAINTENANCE_SCALE
         broker.do_qsize(e05.QUEUE)  # maintenance, heartbeat fresh
         fresh = broker.client.llen(lab.key(broker, e05.QUEUE))
@@ -108,20 +157,33 @@ def in_this_process(run: lab.Run) -> None:
         broker.maintenance_chance = MAINTENANCE_SCALE
         broker.do_qsize("e05-elsewhere")  # maintenance, for another queue
         elsewhere = broker.client.llen(lab.key(broker, e05.QUEUE))
+        broker.do_ack(e05.QUEUE, held.options["redis_message_id"])  # ack and nack never draw maintenance
+        broker.do_nack(e05.QUEUE, held.options["redis_message_id"])
+        acked = broker.client.llen(lab.key(broker, e05.QUEUE))
         broker.do_qsize(e05.QUEUE)
         back = [i.decode() for i in broker.client.lrange(lab.key(broker, e05.QUEUE), 0, -1)]
+        beat_after_e05 = dead in heartbeats(broker)  # it still holds the delayed one
+        broker.do_qsize(dq_name(e05.QUEUE))
+        beat_after_dq = dead in heartbeats(broker)
         run.check("test_recovery_needs_a_stale_heartbeat_and_maintenance_for_that_queue",
-                  (fresh, unlucky, elsewhere, back) == (0, 0, 0, [held.options["redis_message_id"]]),
+                  (fresh, unlucky, elsewhere, acked, back, beat_after_e05, beat_after_dq)
+                  == (0, 0, 0, 0, [held.options["redis_message_id"]], True, False),
                   f"back on e05 after: fresh heartbeat + maintenance {fresh}, stale + no maintenance {unlucky}, "
-                  f"stale + maintenance for another queue {elsewhere}, stale + maintenance for e05 {len(back)}")
-        broker.client.delete(lab.key(broker, e05.QUEUE), lab.key(broker, f"{e05.QUEUE}.msgs"))
+                  f"stale + maintenance for another queue {elsewhere}, stale + an ack and a nack {acked}, "
+                  f"stale + maintenance for e05 {len(back)}; the dead worker's heartbeat kept after that: "
+                  f"{beat_after_e05}, after maintenance for e05.DQ too: {beat_after_dq}")
+        broker.client.delete(*(lab.key(broker, f"{queue}{suffix}") for queue in (e05.QUEUE, dq_name(e05.QUEUE))
+                               for suffix in ("", ".msgs")))
 
-        defaults = default_recovery()
-        run.check("test_with_the_defaults_recovery_waits_60_s_then_about_1000_fetches",
-                  defaults["heartbeat"] == 60 and 700 < defaults["median"] < 800 and 1000 < defaults["mean"] < 1100,
-                  f"defaults: {defaults['heartbeat']:.0f} s, then maintenance: back after {defaults['median']:.0f} s "
-                  f"(median), {defaults['mean']:.0f} s (mean), {defaults['p95']:.0f} s (p95) with one idle "
-                  f"worker process")
+        idle = idle_fetch_gaps_ms(broker)[IDLE_AFTER:]
+        defaults = default_recovery(statistics.fmean(idle))
+        run.check("test_with_the_defaults_recovery_waits_60_s_then_about_1000_idle_fetches_0_5_to_1_s_apart",
+                  defaults["heartbeat"] == 60 and 500 <= min(idle) and max(idle) < 1000
+                  and 560 < defaults["median"] < 600 and 780 < defaults["mean"] < 840,
+                  f"an idle consumer fetched every {min(idle):.0f} to {max(idle):.0f} ms, {defaults['gap_ms']:.0f} "
+                  f"on average; so with the defaults: {defaults['heartbeat']:.0f} s, then maintenance: back after "
+                  f"{defaults['median']:.0f} s (median), {defaults['mean']:.0f} s (mean), {defaults['p95']:.0f} s "
+                  f"(p95) with one idle worker process")
 
         # A redelivery is not a retry, and DeliveryLimit counts it. (In this process, never poison().)
         broker.heartbeat_timeout = 100
@@ -195,6 +257,12 @@ class Bench(lab.Run):
     def held(self, broker_id: str) -> int:
         return self.broker.client.scard(self.acks(broker_id))
 
+    def held_ids(self, broker_id: str) -> set[str]:
+        """The message ids (not the redis ids) in the acks set of ``broker_id``."""
+        redis_ids = self.broker.client.smembers(self.acks(broker_id))
+        stored = self.broker.client.hmget(lab.key(self.broker, f"{e05.QUEUE}.msgs"), *redis_ids) if redis_ids else []
+        return {Message.decode(data).message_id for data in stored if data}
+
     def ready(self) -> int:
         return self.broker.client.llen(lab.key(self.broker, e05.QUEUE))
 
@@ -222,7 +290,7 @@ def back_after(bench: Bench, broker_id: str, since: float) -> float:
 class Kill:
     how: str
     held: int  # in the dead worker's acks set right after the kill
-    running: int  # of those, started and not finished
+    running: int  # of those, the ones it had started: never acked, each runs again
     back_after_s: float  # from the kill until they were back on e05
 
 
@@ -260,7 +328,8 @@ def kills(url: str, namespace: str) -> Kills:
         for number in range(3):
             broker_id, killed_at = bench.broker_id_of(victim), time.monotonic()
             kill()
-            running = len({mid for mid, pid, _ in bench.starts() if pid == victim} - bench.finished())
+            started = {mid for mid, pid, _ in bench.starts() if pid == victim}
+            running = len(started & bench.held_ids(broker_id))
             held = bench.held(broker_id)
             if number == 0:  # watched meanwhile: the master's exit, and what its other child held then
                 master = watcher.submit(lambda since=killed_at: (pool.wait(15), time.monotonic() - since,
@@ -287,6 +356,8 @@ def kills(url: str, namespace: str) -> Kills:
 class Sigterm:
     held: int = 0  # before the SIGTERM: 2 running, 2 prefetched
     stopping_after_s: float = 0.0  # from the SIGTERM to the worker's "Shutting down..." line
+    signalled_after_ready_s: float = 0.0  # from its "ready for action" line to the SIGTERM
+    stopping_after_ready_s: float = 0.0  # from its "ready for action" line to "Shutting down..."
     requeued: int = 0
     requeued_after_s: float = 0.0
     short_finished: bool = False
@@ -315,7 +386,9 @@ def sigterm(url: str, namespace: str, shutdown_timeout_ms: int = 1500) -> Sigter
         must(lab.wait_until(lambda: bench.ready() == 2, timeout=10), "the prefetched deposits did not come back")
         seen.requeued, seen.requeued_after_s = bench.ready(), time.monotonic() - signalled_at
         seen.abandoned, seen.short_finished = bench.held(broker_id), short in bench.finished()
-        seen.stopping_after_s = logged_at(worker.output, "Shutting down...") - signalled_wall
+        ready_at, stopping_at = (logged_at(worker.output, text) for text in ("ready for action", "Shutting down..."))
+        seen.stopping_after_s = stopping_at - signalled_wall
+        seen.signalled_after_ready_s, seen.stopping_after_ready_s = signalled_wall - ready_at, stopping_at - ready_at
         bench.spawn("--threads", "4")  # a process manager would start one
         seen.back_after_s = back_after(bench, broker_id, signalled_at)
         seen.exit_code = worker.wait(10)
@@ -385,6 +458,7 @@ class Restart:
     ran_after: int = 0  # of the 5 sent after it
     worker_alive: bool = False
     connection_errors: int = 0  # lines of the worker's log that say so
+    restarts_in_3_s: int = 0  # and lines that say "Restarting consumer in 3.00 seconds."
 
 
 def restart(appendonly: bool) -> Restart:
@@ -408,7 +482,8 @@ def restart(appendonly: bool) -> Restart:
             lab.wait_until(lambda: bench.ready() == 0, timeout=5)
             seen.ran_before, seen.ran_after = len(set(before) & bench.finished()), len(set(after) & bench.finished())
             seen.worker_alive = worker.process.poll() is None
-            seen.connection_errors = worker.output.count("connection error")
+            seen.connection_errors = worker.output.count("Consumer encountered a connection error")
+            seen.restarts_in_3_s = worker.output.count("Restarting consumer in 3.00 seconds.")
             return seen
         finally:
             bench.close()
@@ -440,7 +515,7 @@ def play_crashes(url: str, namespace: str) -> Crashes:
 PROCESS_LESSONS = [
     "test_a_killed_worker_leaves_its_running_and_prefetched_messages_in_its_acks_set",
     "test_tuned_recovery_brings_them_back_one_heartbeat_timeout_after_the_kill",
-    "test_100_deposits_through_3_kills_all_finish_and_some_run_twice",
+    "test_100_deposits_through_3_kills_all_finish_and_each_one_running_at_a_kill_runs_again",
     "test_a_rerun_adds_to_the_counter_again_but_rewrites_the_same_ledger_entry",
     "test_a_poison_message_kills_a_worker_per_delivery_until_the_limit_dead_letters_it",
     "test_when_one_child_of_processes_2_dies_the_master_stops_the_other_and_exits_1",
@@ -462,11 +537,13 @@ def check_crashes(run: lab.Run, seen: Crashes) -> None:
               f"heartbeat_timeout {HEARTBEAT_MS} ms, maintenance on every call: back on e05 "
               f"{', '.join(f'{s:.2f}' for s in back)} s after each kill")
 
-    counts = kills.counts
+    counts, running = kills.counts, [k.running for k in kills.kills]
     run.check(PROCESS_LESSONS[2], (counts["sent"], counts["finished"], counts["lost"]) == (100, 100, 0)
-              and counts["ran twice"] > 0,
-              f"sent {counts['sent']}, finished {counts['finished']}, ran more than once {counts['ran twice']}, "
-              f"lost {counts['lost']}; held at the kills: {[k.held for k in kills.kills]}")
+              and running[0] == 2 and all(1 <= n <= 4 for n in running[1:]) and kills.reruns == sum(running)
+              and 0 < counts["ran twice"] <= kills.reruns,
+              f"sent {counts['sent']}, finished {counts['finished']}, lost {counts['lost']}; running at the kills "
+              f"{' + '.join(map(str, running))}, reruns {kills.reruns}; deposits that ran more than once "
+              f"{counts['ran twice']}; held at the kills: {[k.held for k in kills.kills]}")
 
     run.check(PROCESS_LESSONS[3], counts["ledger"] == counts["sum sent"] < counts["counter"]
               and counts["counter"] - counts["ledger"] == kills.reruns,
@@ -487,9 +564,12 @@ def check_crashes(run: lab.Run, seen: Crashes) -> None:
               f"the killed child's {first.held} came back after {first.back_after_s:.2f} s")
 
     term = seen.sigterm
-    run.check(PROCESS_LESSONS[6], term.held == 4 and term.requeued == 2 and 0 <= term.stopping_after_s <= 1.5
+    tick = round(term.stopping_after_ready_s)  # the worker process checks its stop flag once a second
+    on_tick = tick >= 1 and abs(term.stopping_after_ready_s - tick) < 0.15 and 0 <= term.stopping_after_s <= 1.15
+    run.check(PROCESS_LESSONS[6], term.held == 4 and term.requeued == 2 and on_tick
               and term.requeued_after_s >= term.stopping_after_s + 1.4,
-              f"2 running, 2 prefetched; `Shutting down...` {term.stopping_after_s:.2f} s after the SIGTERM; "
+              f"2 running, 2 prefetched; `Shutting down...` {term.stopping_after_s:.2f} s after the SIGTERM, "
+              f"{term.stopping_after_ready_s:.2f} s after the worker process was ready; "
               f"the {term.requeued} prefetched back on e05 after {term.requeued_after_s:.2f} s "
               f"(--worker-shutdown-timeout 1500)")
 

@@ -3,9 +3,10 @@
 import signal
 import time
 
-import e06_priorities as e06
 import lab
 from lab.stats import most_at_once
+
+import e06_priorities as e06
 
 SLEEPS, MS = 20, 25  # the notes had 100 sleeps; 20 show the same, five times sooner
 

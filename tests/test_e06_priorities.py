@@ -11,6 +11,11 @@ import time
 from collections.abc import Iterator
 from types import ModuleType
 
+import lab
+from lab import experiments
+from lab.stats import most_at_once
+from lab.urls import NAMESPACE_ENV
+
 import dramatiq
 import pytest
 from click.testing import CliRunner
@@ -18,11 +23,7 @@ from dramatiq import Message
 from dramatiq.cli import make_argument_parser
 from dramatiq.worker import _WorkQueueItem
 
-import lab
 from conftest import WorkerProcess
-from lab import experiments
-from lab.stats import most_at_once
-from lab.urls import NAMESPACE_ENV
 
 SLEEPS = 20  # the notes had 100 low-priority sleeps; 20 show the same, five times sooner
 
@@ -58,13 +59,46 @@ def test_the_queue_prefetch_is_twice_the_threads_unless_the_variable_set_it_at_i
     code = ("import os, dramatiq\n"
             "from dramatiq.brokers.stub import StubBroker\n"
             "os.environ['dramatiq_queue_prefetch'] = '9'  # too late: read when dramatiq.worker was imported\n"
-            "print([dramatiq.Worker(StubBroker(), worker_threads=n).queue_prefetch for n in (1, 8, 40_000)])")
-    env = {k: v for k, v in os.environ.items() if k != "dramatiq_queue_prefetch"}
+            "print([dramatiq.Worker(StubBroker(), worker_threads=n).queue_prefetch for n in (1, 8, 40_000)])\n"
+            "import fakeredis\n"
+            "from dramatiq.brokers.redis import RedisBroker\n"
+            "broker = RedisBroker(client=fakeredis.FakeRedis())\n"
+            "broker.declare_queue('q')  # and its delay queue, q.DQ\n"
+            "worker = dramatiq.Worker(broker, worker_threads=3, worker_timeout=10)\n"
+            "worker.start()\n"
+            "print(sorted((queue, consumer.prefetch) for queue, consumer in worker.consumers.items()))\n"
+            "worker.stop()")
+    env = {k: v for k, v in os.environ.items() if k not in ("dramatiq_queue_prefetch", "dramatiq_delay_queue_prefetch")}
     runs = [subprocess.Popen([sys.executable, "-c", code], env=e, stdout=subprocess.PIPE, text=True)
-            for e in (env, {**env, "dramatiq_queue_prefetch": "7"})]
-    unset, seven = (run.communicate(timeout=30)[0].strip() for run in runs)
-    assert unset == "[2, 16, 65535]"  # 2 per thread, capped at 65,535
-    assert seven == "[7, 7, 7]"  # a total for each consumer, whatever the threads
+            for e in (env, {**env, "dramatiq_queue_prefetch": "7", "dramatiq_delay_queue_prefetch": "5"})]
+    unset, set_ = (run.communicate(timeout=30)[0].splitlines() for run in runs)
+    # 2 per thread, capped at 65,535, for each queue's consumer; a delay queue's consumer holds 1000
+    # per thread instead
+    assert unset == ["[2, 16, 65535]", "[('q', 6), ('q.DQ', 3000)]"]
+    # set, the variable is a total for each consumer, whatever the threads; the delay queue's has its own
+    assert set_ == ["[7, 7, 7]", "[('q', 7), ('q.DQ', 5)]"]
+
+
+def test_a_consumer_fetches_its_prefetch_minus_what_it_holds(e06, broker):
+    # Given 10 sleeps on e06 and a consumer with prefetch 3
+    for i in range(10):
+        e06.sleepy.send(i, 0)
+    consumer = broker.consume("e06", prefetch=3, timeout=10)
+
+    def waiting() -> int:
+        return broker.client.llen(lab.key(broker, "e06"))
+
+    # when it hands out the first message, it has fetched 3
+    held = [next(consumer)]
+    assert waiting() == 7
+    held += [next(consumer), next(consumer)]
+    # while it holds them (running or not), it fetches nothing more
+    assert next(consumer) is None and waiting() == 7
+    # once one is acked, it fetches 1
+    consumer.ack(held.pop(0))
+    held.append(next(consumer))
+    assert waiting() == 6 and all(m is not None for m in held)
+    consumer.close()
 
 
 def test_within_one_priority_the_worker_runs_messages_in_the_order_it_fetched_them(e06, broker, recorder, start_worker):
@@ -96,27 +130,29 @@ def test_a_priority_option_on_one_message_is_kept_and_ignored(e06, broker, recor
 
 
 def test_on_a_queue_of_its_own_the_greeting_waits_for_a_thread_not_for_the_backlog(e06, broker, recorder, start_worker):
-    # Given a 1-thread worker that serves both queues, busy with 20 sleeps of 50 ms on e06
+    # Given a 1-thread worker that serves both queues, busy with 20 sleeps of 50 ms on e06, all fetched
     for i in range(SLEEPS):
         e06.sleepy.send(i, 50)
-    start_worker(threads=1, queues={"e06", "e06-urgent"})
-    assert lab.wait_until(lambda: recorder.attempts, timeout=5)
+    start_worker(threads=1, queues={"e06", "e06-urgent"}, prefetch=50)  # it holds all 20 sleeps
+    assert lab.wait_until(lambda: recorder.attempts and broker.client.llen(lab.key(broker, "e06")) == 0, timeout=5)
     # When the greeting goes to e06-urgent: that queue's consumer fetches it at once, and its priority (0)
     # puts it ahead of the sleeps the worker holds (100)
     e06.greet_urgent.send("Ada")
     broker.join("e06-urgent", timeout=10_000)
     order = [a.actor for a in recorder.attempts]
     # then it ran once its consumer polled (every worker_timeout, 100 ms, at most) and the thread was free:
-    # after a few sleeps, not after the 20
+    # after a few sleeps, not after the 20 the worker held
     assert order.index("greet_urgent") <= 5, order
 
 
 def test_a_big_prefetch_holds_messages_another_worker_could_run(e06, broker, recorder, start_worker):
-    # Given a 1-thread worker with prefetch 50, which has fetched all 10 sleeps
+    # Given a 1-thread worker with prefetch 50, which has fetched all 10 sleeps at once
     for i in range(10):
-        e06.sleepy.send(i, 20)
+        e06.sleepy.send(i, 50)
     first = start_worker(threads=1, queues={"e06"}, prefetch=50)
     assert lab.wait_until(lambda: broker.client.llen(lab.key(broker, "e06")) == 0, timeout=5)
+    held = broker.client.scard(lab.key(broker, f"__acks__.{broker.broker_id}.e06"))
+    assert held >= 8, f"it held {held} when e06 went empty"  # all 10, but for one or two it has run since
     # When a second worker with 4 idle threads starts
     start_worker(threads=4, queues={"e06"})
     broker.join("e06", timeout=10_000)
@@ -256,16 +292,24 @@ def test_sender_rejects_bad_input_with_a_one_line_usage_error(args, says, monkey
     assert exit_.value.code == 2 and err.count("\n") == 1 and says in err, err
 
 
-def test_measure_prints_where_the_greeting_ran_for_each_setting(monkeypatch):
+def test_measure_shows_the_greeting_running_at_backlog_plus_3_minus_the_prefetch(monkeypatch):
+    # Given the notes' experiment with 60 sleeps of 5 ms and then the greeting, for each row of the table
     monkeypatch.setattr(lab.broker, "_broker", None)
     broker = lab.use_broker(lab.make_broker(lab.MEMORY_URL))
     try:
         e06 = experiments.load(experiments.find("e06"))
-        result = CliRunner().invoke(e06.main, ["measure", "--sleeps", "10", "--ms", "5"])
+        result = CliRunner().invoke(e06.main, ["measure", "--sleeps", "60", "--ms", "5"])
     finally:
         broker.close()
     assert result.exit_code == 0, result.output
-    rows = {tuple(line.split()[:2]): line for line in result.output.splitlines() if line.split()[:1] in (["1"], ["8"])}
-    assert len(rows) == 6, result.output
-    default, above = rows[("1", "2")], rows[("1", "200")]
-    assert ("10 of 11" in default or "11 of 11" in default) and ("1 of 11" in above or "2 of 11" in above)
+    rows = [line.split() for line in result.output.splitlines() if line.split()[:1] in (["1"], ["8"])]
+    ran = {(int(row[0]), int(row[1])): int(row[row.index("of") - 1]) for row in rows}
+    assert list(ran) == [(1, 2), (1, 10), (1, 50), (1, 200), (8, 16), (8, 200)], result.output
+    assert all(row[row.index("of") + 1] == "61" for row in rows), result.output
+    # then on one thread, the greeting ran at 63 minus the prefetch, or one place off: once fetched, it
+    # went before the prefetch - 2 sleeps the worker held and had not started (prefetch - 1 if none ran)
+    for (threads, prefetch), position in ran.items():
+        if prefetch <= 61:
+            assert 62 - prefetch <= position <= (65 - prefetch if threads == 1 else 61), (threads, prefetch, ran)
+    # and with a prefetch above the backlog, before (almost) every sleep: they were all in the work queue
+    assert ran[(1, 200)] <= 3 and ran[(8, 200)] <= 2 * 8 + 1, ran
