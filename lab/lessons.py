@@ -1,4 +1,4 @@
-"""The lessons, read from README.rst: the one place their words are kept.
+"""The lessons, read from README.rst and the chapters' pages, docs/eNN_*.rst: the one place their words are kept.
 
 A lesson is a bullet under a "Lessons" heading of README.rst: its words, then
 a paragraph of the same bullet, "Proof: ``tests/test_e02_error_handling.py::test_x``,
@@ -19,7 +19,13 @@ from pathlib import Path
 import docutils.core
 import docutils.nodes
 
-README = Path(__file__).resolve().parent.parent / "README.rst"
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.rst"
+
+
+def pages() -> tuple[Path, ...]:
+    """README.rst, then each chapter's page of lessons and questions, docs/eNN_*.rst, in order."""
+    return (README, *sorted((ROOT / "docs").glob("*.rst")))
 CITATION = re.compile(r"(tests/[\w/]+\.py)?::(test_\w+)")
 
 
@@ -64,16 +70,28 @@ def _is_proof(node: docutils.nodes.Node) -> bool:
 
 
 def _section_title(node: docutils.nodes.Node) -> str:
-    while node is not None and not isinstance(node, docutils.nodes.section):
+    """The title of the section ``node`` is in; at the top of a page, the page's title (docutils makes a page's
+    one top section its document title: a chapter page's "Experiment 05: ...")."""
+    while node is not None and not isinstance(node, (docutils.nodes.section, docutils.nodes.document)):
         node = node.parent
-    return "" if node is None else node[0].astext()
+    if node is None:
+        return ""
+    titles = [child for child in node.children if isinstance(child, docutils.nodes.title)]
+    return titles[0].astext() if titles else ""
 
 
 @cache
-def lessons(readme: Path = README) -> tuple[Lesson, ...]:
-    """Every lesson in ``readme``, in the order they appear."""
+def lessons(*paths: Path) -> tuple[Lesson, ...]:
+    """Every lesson in ``paths`` (default: :func:`pages`), in the order they appear."""
+    found = []
+    for path in paths or pages():
+        found += _lessons_of(path)
+    return tuple(found)
+
+
+def _lessons_of(path: Path) -> list[Lesson]:
     tree = docutils.core.publish_doctree(
-        readme.read_text(encoding="utf-8"), settings_overrides={"warning_stream": io.StringIO()})
+        path.read_text(encoding="utf-8"), settings_overrides={"warning_stream": io.StringIO()})
     found = []
     for section in tree.findall(docutils.nodes.section):
         if section[0].astext() != "Lessons":
@@ -87,7 +105,7 @@ def lessons(readme: Path = README) -> tuple[Lesson, ...]:
                     text = item.astext()
                     words = "\n\n".join(part.astext() for part in item.children if not _is_proof(part))
                     found.append(Lesson(parent, _without_citations(words), tuple(citations(text))))
-    return tuple(found)
+    return found
 
 
 def lesson_for(test: str) -> Lesson:

@@ -1,7 +1,8 @@
 """`python -m lab run e01`: two messages through an in-process worker, one direct call."""
 
-import e01_hello_world as e01
 import lab
+
+import e01_hello_world as e01
 
 
 def scenario(run: lab.Run) -> None:
@@ -14,7 +15,7 @@ def scenario(run: lab.Run) -> None:
         "test_send_enqueues_and_a_worker_thread_runs_it",
         settled and len(attempts) == len(sent) and all(a.outcome == "ok" for a in attempts)
         and "MainThread" not in threads,
-        f"{len(sent)} sent, {len(attempts)} attempts, on {', '.join(threads) or 'no thread'}",
+        f"{len(sent)} sent, {len(attempts)} run, each on a worker thread: {', '.join(threads) or 'none'}",
     )
 
     enqueued, attempted = len(run.enqueues()), len(run.attempts())
@@ -22,6 +23,6 @@ def scenario(run: lab.Run) -> None:
     run.check(
         "test_an_actor_is_still_a_function",
         len(run.enqueues()) == enqueued and len(run.attempts()) == attempted,
-        f"count_to(2) returned; messages it enqueued: {len(run.enqueues()) - enqueued}, "
-        f"worker attempts: {len(run.attempts()) - attempted}",
+        f"count_to(2) ran in the caller: {len(run.enqueues()) - enqueued} message(s) enqueued, "
+        f"{len(run.attempts()) - attempted} worker attempt(s)",
     )

@@ -1,7 +1,8 @@
 """`python -m lab run e02`: every path through Retries, with backoffs 10x smaller than the actors'."""
 
-import e02_error_handling as e02
 import lab
+
+import e02_error_handling as e02
 
 UNLUCKY = e02.UNLUCKY
 
@@ -19,32 +20,38 @@ def scenario(run: lab.Run) -> None:
 
     once = run.attempts("handled", UNLUCKY)
     run.check("test_handled_error_runs_exactly_once",
-              [(a.number, a.outcome) for a in once] == [(1, "ok")], f"{len(once)} attempt(s) of handled(17)")
+              [(a.number, a.outcome) for a in once] == [(1, "ok")],
+              f"handled(17) ran {len(once)} time(s): {', '.join(a.outcome for a in once)}")
 
     tries = run.attempts("unhandled", UNLUCKY)
     backoffs_ms = [e.delay_ms for e in run.enqueues("unhandled") if e.delay_ms is not None]
     run.check("test_retry_k_waits_min_backoff_times_2_to_the_k_up_to_twice_that",
               len(tries) == 4 and len(backoffs_ms) == 3
               and all(100 * 2**k <= d < 200 * 2**k for k, d in enumerate(backoffs_ms)),
-              f"{len(tries)} attempts; backoffs {backoffs_ms} ms for min_backoff=100")
+              f"max_retries=3: {len(tries)} attempts, backoffs {', '.join(map(str, backoffs_ms))} ms, "
+              "in 100-200, 200-400, 400-800")
 
     dead = [d.message.message_id for d in lab.dead_letters(run.broker, e02.QUEUE)]
     callback = run.attempts("retries_exhausted")
     run.check("test_exhausted_message_goes_to_the_dead_letters_and_the_callback_runs",
               doomed.message_id in dead and len(callback) == 1,
-              f"in e02.XQ: {doomed.message_id in dead}; retries_exhausted ran {len(callback)} time(s)")
+              f"the message is {'' if doomed.message_id in dead else 'not '}in e02.XQ; "
+              f"retries_exhausted ran {len(callback)} time(s)")
 
     thrown = run.attempts("aborted", UNLUCKY)
     run.check("test_throws_fails_at_once_without_retry",
-              [(a.number, a.outcome) for a in thrown] == [(1, "failed")], f"{len(thrown)} attempt(s)")
+              [(a.number, a.outcome) for a in thrown] == [(1, "failed")],
+              f"aborted(17) ran {len(thrown)} time(s): {', '.join(a.outcome for a in thrown)}")
 
     later = run.attempts("postponed")
     gap_ms = (later[1].started - later[0].ended) * 1000 if len(later) == 2 else 0
     run.check("test_retry_exception_reschedules_after_at_least_its_delay",
-              len(later) == 2 and gap_ms >= 300, f"Retry(delay=300): {len(later)} attempts, {gap_ms:.0f} ms apart")
+              len(later) == 2 and gap_ms >= 300,
+              f"the retry ran {gap_ms:.0f} ms after Retry(delay=300) was raised ({len(later)} attempts)")
 
     ids = {m.message_id for m in during_backoff}
     first_retry = tries[1].started if len(tries) > 1 else float("inf")
     between = [a for a in run.attempts("handled") if a.message_id in ids and a.started < first_retry]
     run.check("test_a_retry_is_re_enqueued_so_the_thread_runs_other_work_meanwhile",
-              len(between) == len(ids), f"{len(between)} of {len(ids)} other messages ran during the first backoff")
+              len(between) == len(ids),
+              f"{len(between)} of {len(ids)} other messages ran on the one thread during the first backoff")

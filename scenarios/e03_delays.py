@@ -2,11 +2,12 @@
 
 import math
 
+import lab
+from lab.stats import summary
+
 from dramatiq.common import current_millis
 
 import e03_delays as e03
-import lab
-from lab.stats import summary
 
 
 def scenario(run: lab.Run) -> None:
@@ -14,11 +15,13 @@ def scenario(run: lab.Run) -> None:
     parked = e03.send_in("parked", 100)
     lengths = {"e03.DQ": client.llen(dq), "e03": client.llen(ready)}
     run.check("test_a_delayed_message_waits_in_the_delay_queue_not_the_queue",
-              lengths == {"e03.DQ": 1, "e03": 0} and parked.queue_name == "e03.DQ", f"list lengths {lengths}")
+              lengths == {"e03.DQ": 1, "e03": 0} and parked.queue_name == "e03.DQ",
+              f"e03.DQ holds {lengths['e03.DQ']} message(s), e03 holds {lengths['e03']}")
     moved = run.wait_until(lambda: run.attempts("wake_up"), timeout=0.4)
     run.check("test_without_a_worker_a_due_message_waits_until_one_starts",
               not moved and client.llen(dq) == 1,
-              f"400 ms later (4x its delay), with no worker: ran {bool(moved)}, still in e03.DQ {client.llen(dq) == 1}")
+              f"with no worker, 300 ms past its due time it has {'run' if moved else 'not run'}, and is "
+              f"{'still' if client.llen(dq) == 1 else 'no longer'} in e03.DQ")
 
     batches, fetched_ms, overtook = {}, [], 0
     for wt in (1000, 100):
@@ -34,17 +37,20 @@ def scenario(run: lab.Run) -> None:
         overtook += sum(started.get(m.message_id, math.inf) < batch[-1].options["eta"] for m in now)
     run.check("test_a_worker_takes_delayed_messages_into_memory_long_before_they_are_due",
               len(fetched_ms) == 2 and max(fetched_ms) < 1000,
-              f"e03.DQ was empty {fetched_ms} ms after sending 20 messages due over the next 1000 ms")
+              f"e03.DQ was empty {' and '.join(map(str, fetched_ms))} ms after sending 20 messages "
+              "due over the next 1000 ms")
     run.check("test_one_worker_thread_runs_other_messages_while_it_holds_a_delayed_one",
-              overtook == 10, f"{overtook} of the 10 undelayed messages ran before their batch's last was due")
+              overtook == 10,
+              f"{overtook} of 10 undelayed messages ran on the one thread before the last held one was due")
 
     sent = [m for batch in batches.values() for m in batch]
     late = e03.lateness_ms(run.recorder, sent)
     run.check("test_a_delay_is_a_minimum_no_message_starts_before_its_eta",
               len(late) == len(sent) and min(late) >= 0,
-              f"{len(late)} of {len(sent)} ran; earliest {min(late, default=math.nan):.0f} ms after its due time")
+              f"the earliest start was {min(late, default=math.nan):.0f} ms after its due time "
+              f"({len(late)} of {len(sent)} ran)")
     stats = {wt: summary(e03.lateness_ms(run.recorder, batch) or [math.inf]) for wt, batch in batches.items()}
     run.check("test_lateness_follows_worker_timeout",
               stats[100]["max"] < 400 and stats[100]["median"] < stats[1000]["median"],
-              "; ".join(f"worker_timeout={wt}: {', '.join(f'{k} {v:.0f}' for k, v in st.items())} ms"
-                        for wt, st in stats.items()))
+              f"late by at most {stats[1000]['max']:.0f} ms with worker_timeout=1000, {stats[100]['max']:.0f} ms "
+              f"with 100 (medians {stats[1000]['median']:.0f} and {stats[100]['median']:.0f} ms)")

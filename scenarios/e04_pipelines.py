@@ -1,10 +1,11 @@
 """`python -m lab run e04`: pipelines, pipe_ignore both ways, a failed step, two groups, results, a deadlock."""
 
+import lab
+
 import dramatiq
 from dramatiq.results import ResultError, ResultFailure
 
 import e04_pipelines as e04
-import lab
 
 FAIL = dict(kwargs={"fail": True}, max_retries=0)
 
@@ -38,18 +39,21 @@ def scenario(run: lab.Run) -> None:
     steps = list(pipe.get_results())
     powers = [a.args for a in run.attempts("power")]
     run.check("test_each_step_gets_the_previous_result_as_its_last_argument",
-              steps == [4, 8, 256] and powers == [(2, 8)], f"step results {steps}; power ran as power{powers}")
+              steps == [4, 8, 256] and powers == [(2, 8)],
+              f"power ran as {', '.join(f'power{args}' for args in powers)}; step results "
+              f"{', '.join(map(str, steps))}")
     run.check("test_pipe_ignore_keeps_the_previous_result_out_of_the_arguments",
               ignoring.get_result() == 30 and len(run.attempts("add", 10, 20)) == 2,
               f"add(10, 20) with pipe_ignore=True on its message returned {ignoring.get_result()}")
     stamps = [a.args for a in run.attempts("stamp")]
     run.check("test_an_actors_pipe_ignore_is_read_from_the_actor_that_sent_the_result",
               stamps == [("got", 3)] and stamped.get_result() == 30,
-              f"stamp (declared pipe_ignore=True) ran with {stamps}; the step after it returned "
-              f"{stamped.get_result()}, so it got no extra argument")
+              f"stamp (pipe_ignore=True) ran as {', '.join(f'stamp{args}' for args in stamps)}; "
+              f"the add(10, 20) after it returned {stamped.get_result()}")
     run.check("test_a_step_that_fails_for_good_stops_the_pipeline",
               [a.args for a in run.attempts("double")] == [(4,)],
-              f"double() ran {len(run.attempts('double'))} time(s), for the first pipeline only")
+              f"double() ran {len(run.attempts('double'))} time(s), for the first pipeline only, "
+              "never after the failed square")
 
     ids = {m.message_id for m in fine.children}
     last = max(a.started for a in run.attempts("square") if a.message_id in ids)
@@ -57,17 +61,18 @@ def scenario(run: lab.Run) -> None:
     sent = [e.at for e in run.enqueues("group_done") if e.args == (5,)]
     run.check("test_the_completion_callback_runs_once_after_every_member_succeeded",
               list(fine.get_results()) == [1, 4, 9, 16, 25] and done == [(5,)] and len(sent) == 1 and sent[0] > last,
-              f"results {list(fine.get_results())}; group_done ran with {done}, "
-              f"sent {(sent[0] - last) * 1000 if sent else 0:.1f} ms after the last member started")
+              f"group_done(5): {done.count((5,))} run, sent {(sent[0] - last) * 1000 if sent else 0:.0f} ms "
+              f"after the last member started; results {', '.join(map(str, fine.get_results()))}")
     raised = error_of(lambda: list(spoiled.get_results()))
     run.check("test_the_completion_callback_never_runs_when_a_member_fails_for_good",
               raised.startswith("ResultFailure") and (2,) not in done,
-              f"get_results raised {raised}; group_done(2) ran {done.count((2,))} times")
+              f"group_done(2) ran {done.count((2,))} times; get_results raised {raised}")
     run.check("test_without_store_results_get_result_raises_result_missing",
-              error_of(forgotten.get_result) == "ResultMissing", f"raised {error_of(forgotten.get_result)}")
+              error_of(forgotten.get_result) == "ResultMissing",
+              f"get_result() on a message sent with store_results=False raised {error_of(forgotten.get_result)}")
     ttl = run.broker.client.pttl(run.broker.get_results_backend().build_message_key(pipe.messages[-1]))
     run.check("test_a_stored_result_expires_after_ten_minutes_by_default",
-              590_000 < ttl <= 600_000, f"PTTL of the result key: {ttl} ms")
+              590_000 < ttl <= 600_000, f"the result key expires in {ttl:,} ms (its PTTL), of a default 600,000")
 
     run.start_worker(threads=1)  # the only thread waits, so the members it waits for cannot run
     waited = e04.wait_inside.send(2, 1500)  # the Redis backend waits whole seconds, rounded down: 1 s
@@ -77,5 +82,5 @@ def scenario(run: lab.Run) -> None:
     after = [a for a in run.attempts("square") if stuck and a.started >= (stuck.ended or float("inf"))]
     run.check("test_waiting_on_a_group_inside_an_actor_deadlocks_the_only_thread",
               error_of(waited.get_result) == "ResultFailure(ResultTimeout)" and len(after) == 2,
-              f"wait_inside waited {stuck_ms:.0f} ms, then raised {error_of(waited.get_result)}; "
-              f"its {len(after)} members ran after it gave up")
+              f"its {len(after)} members ran only after wait_inside gave up, {stuck_ms:.0f} ms in: "
+              f"{error_of(waited.get_result)}")

@@ -1,4 +1,5 @@
-"""README.rst is part of the product: it renders cleanly, its citations hold, its lessons are checked."""
+"""README.rst and the chapters' pages (docs/eNN_*.rst) are part of the product: they render cleanly, their
+citations hold, their lessons are checked."""
 
 from __future__ import annotations
 
@@ -8,26 +9,46 @@ import re
 from functools import cache
 from pathlib import Path
 
+from lab import experiments
+from lab.lessons import citations, cited, lessons, pages
+
 import docutils.core
 
 from conftest import ROOT
-from lab import experiments
-from lab.lessons import citations, cited, lessons
 
 README = (ROOT / "README.rst").read_text(encoding="utf-8")
+#: Every page, README.rst first, as one text: a citation's bare ``::test_y`` is of the file named before it.
+TEXT = "\n\n".join(page.read_text(encoding="utf-8") for page in pages())
 BOTH = {"broker_url", "server_url"}  # fixtures parametrized over fakeredis (or the embedded server) and redis
 REAL = {"real_redis_url", "redis_server"}
 MARK = re.compile(r"``\s*\[(redis-server|fakeredis|embedded server|no Redis)\]")
 
 
-def test_readme_renders_without_warnings():
-    warnings = io.StringIO()
-    docutils.core.publish_doctree(README, settings_overrides={"warning_stream": warnings, "report_level": 2})
-    assert warnings.getvalue() == ""
+def test_readme_and_every_chapter_page_render_without_warnings():
+    for page in pages():
+        warnings = io.StringIO()
+        docutils.core.publish_doctree(page.read_text(encoding="utf-8"),
+                                      settings_overrides={"warning_stream": warnings, "report_level": 2})
+        assert warnings.getvalue() == "", page.name
 
 
-def test_readme_has_no_placeholder_left():
-    assert re.findall(r"XXX[-\w]*|TODO|TBD", README) == []
+def test_no_page_has_a_placeholder_left():
+    assert re.findall(r"XXX[-\w]*|TODO|TBD", TEXT) == []
+
+
+def test_readme_links_every_chapter_page_and_each_page_names_its_chapter():
+    for page in pages()[1:]:
+        link = f"docs/{page.name}"
+        assert f"`{link} <{link}>`_" in README, f"README.rst does not link {link}"
+        title = page.read_text(encoding="utf-8").split("\n")[1]
+        assert title in README and title.startswith("Experiment "), f"{link}: its title {title!r} is no chapter"
+
+
+def test_a_newcomer_reaches_experiment_01_within_300_lines():
+    lines = README.split("\n")
+    assert lines.index("Experiment 01: hello world") < 300
+    start = lines.index("Start here")
+    assert start < 30 and any("dramatiq --watch . e01_hello_world" in line for line in lines[start:start + 120])
 
 
 @cache
@@ -69,7 +90,7 @@ def runs_on(path: Path, name: str) -> str:
 
 def all_citations() -> list[tuple[str, str | None]]:
     """(``tests/<file>.py::<test>``, its mark or None) for every citation in README.rst."""
-    return [(test, mark.group(1) if (mark := MARK.match(README, end)) else None) for test, end in cited(README)]
+    return [(test, mark.group(1) if (mark := MARK.match(TEXT, end)) else None) for test, end in cited(TEXT)]
 
 
 def test_every_cited_test_exists():

@@ -99,6 +99,26 @@ def test_exiting_with_the_sent_message_exits_1(server_url):
     assert result.stderr == "count_to(1)\n"  # sys.exit prints a non-int argument, str(message), and exits 1
 
 
+@pytest.mark.e2e
+def test_python_needs_the_file_name_and_the_dramatiq_cli_the_module_name(sender, dramatiq_worker):
+    # Given the reference notes' two slips, and a Redis URL nobody answers: both fail before they connect
+    unreachable = f"redis://127.0.0.1:{free_port()}/0"
+
+    # When the dramatiq CLI is given the file, e02_error_handling.py, and python the module, without .py
+    worker = dramatiq_worker("--threads", "1", "e02_error_handling.py", url=unreachable, ready=False)
+    script = sender("e02_error_handling", "handled", "3", url=unreachable)
+
+    # Then python cannot open a file of that name: one line, exit 2
+    assert script.returncode == 2
+    assert script.stderr.splitlines() == [
+        f"{sys.executable}: can't open file '{ROOT / 'e02_error_handling'}': [Errno 2] No such file or directory"]
+    # and the CLI reads "e02_error_handling.py" as the module "py" of a package "e02_error_handling": exit 2
+    assert worker.wait(timeout=20) == 2  # dramatiq's RET_IMPORT
+    assert "[ERROR] Failed to import module.\nTraceback (most recent call last):" in worker.output
+    assert ("ModuleNotFoundError: No module named 'e02_error_handling.py'; "
+            "'e02_error_handling' is not a package") in worker.output, worker.output
+
+
 @pytest.mark.parametrize(("n", "says"), [
     ("-1", "Invalid value for 'N': -1 is not in the range 0<=x<=10000."),
     ("10001", "Invalid value for 'N': 10001 is not in the range 0<=x<=10000."),
