@@ -12,10 +12,10 @@ Run it, in two terminals (a Redis first: `redis-server` or `python -m lab serve`
 import logging
 import sys
 
+import lab
+
 import click
 import dramatiq
-
-import lab
 
 # Before any actor: the actors bind to the broker that is current when they are declared.
 broker = lab.setup_broker()

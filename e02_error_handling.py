@@ -15,10 +15,10 @@ Run it, in two terminals (a Redis first: `redis-server` or `python -m lab serve`
 
 import sys
 
+import lab
+
 import click
 import dramatiq
-
-import lab
 
 broker = lab.setup_broker()
 

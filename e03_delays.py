@@ -17,14 +17,14 @@ import sys
 from datetime import datetime, timedelta
 from datetime import time as TimeOfDay
 
+import lab
+from lab.stats import summary
+
 import click
 import dramatiq
 from dramatiq.common import current_millis
 from rich.console import Console
 from rich.table import Table
-
-import lab
-from lab.stats import summary
 
 broker = lab.setup_broker()
 

@@ -14,11 +14,11 @@ import sys
 import time
 from collections.abc import Callable
 
+import lab
+
 import click
 import dramatiq
 from dramatiq.results import ResultFailure
-
-import lab
 
 broker = lab.setup_broker()
 

@@ -2,14 +2,17 @@
 
 Goal: kill workers and Redis on purpose; count what comes back, when, how many times, and what is lost.
 
-Run it, in two terminals (a redis-server first; `python -m lab run e05 --redis URL` plays all of it):
+Run it, in three terminals (`python -m lab run e05 --redis URL` plays all of it, scripted):
 
-    e05_heartbeat_timeout=2000 e05_maintenance_chance=1000000 dramatiq --threads 4 e05_crash_recovery
-    python e05_crash_recovery.py deposit 100 --ms 200  # then `kill -9` a worker process, start it again
-    python e05_crash_recovery.py count                 # sent, finished, ran twice, lost; counter vs ledger
-    python e05_crash_recovery.py deposit 1 --amount -5 # declined: retried twice, then a dead letter
-    python e05_crash_recovery.py poison                # kills each worker that runs it, 3 times at most
-    python e05_crash_recovery.py count --reset         # count, then forget what was sent and counted
+    redis-server --save ''                             # terminal 0 (or: python -m lab serve)
+    e05_heartbeat_timeout=2000 e05_maintenance_chance=1000000 dramatiq --processes 2 --threads 4 e05_crash_recovery
+    python e05_crash_recovery.py deposit 100           # terminal 2: 2 s each, about 25 s on terminal 1's 8 threads
+    kill -9 4242                                       # at once: a PID from a "deposited" line of terminal 1
+    python e05_crash_recovery.py count                 # not finished yet, 0 lost; start terminal 1 again
+    python e05_crash_recovery.py count                 # once all finished: 0 lost, the counter above the ledger
+    python e05_crash_recovery.py deposit 1 --amount -5 # declined: retried twice, then in the dead letters
+    python e05_crash_recovery.py poison                # kills each worker process that runs it, 3 at most
+    python e05_crash_recovery.py count --reset         # count, then forget what was sent
 """
 
 import os
@@ -18,27 +21,21 @@ import sys
 import time
 from collections import Counter
 
+import lab
+
 import click
 import dramatiq
 from dramatiq.brokers.redis import MAINTENANCE_SCALE
 from dramatiq.middleware import CurrentMessage, Middleware, SkipMessage
 
-import lab
-
 broker = lab.setup_broker()
-
 QUEUE = "e05"
-# How this process's broker brings back a dead worker's messages: the worker is dead once its heartbeat is
-# heartbeat_timeout ms old (60 s); its messages go back on their queue when maintenance runs, on maintenance_chance
-# (1000) in a million dispatch calls for that queue. Read only here; they count for every experiment of the process.
+# A worker is dead once its heartbeat is heartbeat_timeout ms old (60 s); maintenance, drawn on maintenance_chance
+# (1000) in a million dispatch calls for a queue, puts its messages back. Read only here; set for the whole process.
 SETTINGS = {"e05_heartbeat_timeout": (100, 86_400_000), "e05_maintenance_chance": (0, MAINTENANCE_SCALE)}
 for variable, (low, high) in SETTINGS.items():
-    if value := os.environ.get(variable):
-        if not (value.isdigit() and low <= int(value) <= high):
-            print(f"{os.path.basename(sys.argv[0])}: {variable}={value!r} must be a whole number from {low} to {high}",
-                  file=sys.stderr)
-            sys.exit(lab.EXIT_USAGE)
-        setattr(broker, variable.removeprefix("e05_"), int(value))
+    if (value := lab.settings.whole_number(variable, low, high)) is not None:  # else: one line and exit 2
+        setattr(broker, variable.removeprefix("e05_"), value)
 
 
 def key(name: str, on=None) -> str:
@@ -89,7 +86,7 @@ def deposit(amount: int, ms: int = 0) -> None:
         pipe.incrby(key("counter"), amount).hset(key("ledger"), message_id, amount).execute()
     time.sleep(ms / 1000)  # killed here, both writes are done and the message is not acked
     broker.client.hincrby(key("finished"), message_id, 1)
-    deposit.logger.info("deposited %d (%s)", amount, lab.describe_attempt())
+    deposit.logger.info("deposited %d (%s)", amount, lab.describe_attempt())  # the CLI's log line says [PID n]
 
 
 @dramatiq.actor(queue_name=QUEUE, max_deliveries=3)
@@ -100,14 +97,23 @@ def poison() -> None:
 
 
 def counts(on=None) -> dict[str, int]:
-    """Of the deposits sent: how many finished, ran twice, were lost; the sums they left."""
-    redis = (on or broker).client
-    sent = {k.decode(): int(v) for k, v in redis.hgetall(key("sent", on)).items()}
-    starts = Counter(entry.split()[0] for entry in redis.lrange(key("starts", on), 0, -1))
-    finished = len(sent.keys() & {k.decode() for k in redis.hkeys(key("finished", on))})
-    return {"sent": len(sent), "finished": finished, "ran twice": sum(n > 1 for n in starts.values()),
-            "lost": len(sent) - finished, "sum sent": sum(sent.values()),
-            "counter": int(redis.get(key("counter", on)) or 0), "ledger": sum(map(int, redis.hvals(key("ledger", on))))}
+    """Of the deposits sent: finished, not finished yet (queued, delayed, in flight), in the dead letters, lost
+    (nowhere, never finished), ran twice or more; then the sum of the finished, the counter, the ledger."""
+    with (on := on or broker).client.pipeline() as pipe:  # one snapshot (MULTI): none seen moving
+        pipe.hgetall(key("sent", on)).hkeys(key("finished", on)).get(key("counter", on)).hvals(key("ledger", on))
+        pipe.lrange(key("starts", on), 0, -1)
+        for queue in (QUEUE, f"{QUEUE}.DQ", f"{QUEUE}.XQ"):  # stored by redis id: queued or in flight, delayed, dead
+            pipe.hvals(f"{on.namespace}:{queue}.msgs")
+        sent, finished, counter, ledger, starts, *stored = pipe.execute()
+    sent = {k.decode(): int(v) for k, v in sent.items()}  # by message id, which a retry keeps (not its redis id)
+    queued, delayed, dead = ({dramatiq.Message.decode(m).message_id for m in each} & sent.keys() for each in stored)
+    finished = sent.keys() & {k.decode() for k in finished}
+    waiting = (queued | delayed) - finished
+    dead -= finished | waiting
+    runs = Counter(entry.split()[0] for entry in starts)
+    return {"sent": len(sent), "finished": len(finished), "not finished yet": len(waiting), "dead letters": len(dead),
+            "lost": len(sent.keys() - finished - waiting - dead), "ran twice": sum(n > 1 for n in runs.values()),
+            "sum finished": sum(map(sent.get, finished)), "counter": int(counter or 0), "ledger": sum(map(int, ledger))}
 
 
 @click.group(cls=lab.Group, epilog=lab.EXIT_CODES_HELP)
@@ -119,7 +125,7 @@ def main() -> None:
 @click.argument("n", type=click.IntRange(1, 10_000))
 @click.option("--amount", type=click.IntRange(-1000, 1000), default=1, show_default=True,
               help="What each adds; below 0 it is declined: retried twice, then dead-lettered.")
-@click.option("--ms", type=click.IntRange(0, 60_000), default=100, show_default=True,
+@click.option("--ms", type=click.IntRange(0, 60_000), default=2000, show_default=True,
               help="How long each works after its writes: the window for a kill.")
 def deposit_command(n: int, amount: int, ms: int) -> None:
     """Send N deposits (1 to 10000)."""
@@ -139,8 +145,10 @@ def poison_command(max_deliveries: int) -> None:
 @main.command("count")
 @click.option("--reset", is_flag=True, help="Then forget them: delete e05's own keys (not its queue).")
 def count_command(reset: bool) -> None:
-    """Count what came of the deposits sent: finished, ran twice, lost; the counter and the ledger."""
-    click.echo("\n".join(f"{name:>9}  {value}" for name, value in counts().items()))
+    """Count what came of the deposits sent, and list the worker processes (pids) that started them."""
+    click.echo("\n".join(f"{name:>16}  {value}" for name, value in counts().items()))
+    pids = Counter(entry.split()[1].decode() for entry in broker.client.lrange(key("starts"), 0, -1))
+    click.echo(f"{'starts by pid':>16}  " + (", ".join(f"{pid}: {n}" for pid, n in pids.items()) or "none"))
     if reset:
         broker.client.delete(*(key(name) for name in ("sent", "starts", "finished", "counter", "ledger")))
 

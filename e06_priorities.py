@@ -20,13 +20,13 @@ import os
 import sys
 import time
 
+import lab
+
 import click
 import dramatiq
 from dramatiq.middleware import CurrentMessage
 from rich.console import Console
 from rich.table import Table
-
-import lab
 
 broker = lab.setup_broker()
 

@@ -17,8 +17,10 @@ import re
 import signal
 import sys
 import time
-from datetime import datetime, timedelta, timezone
-from zoneinfo import ZoneInfoNotFoundError
+from datetime import datetime, timezone
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import lab
 
 import click
 import dramatiq
@@ -28,8 +30,6 @@ from apscheduler.triggers.cron import CronTrigger
 from dramatiq.middleware import CurrentMessage
 from dramatiq.rate_limits import ConcurrentRateLimiter
 from dramatiq.rate_limits.backends import RedisBackend
-
-import lab
 
 broker = lab.setup_broker()
 
@@ -49,8 +49,7 @@ def report(source: str, ms: int = 0) -> None:
 
 @dramatiq.actor(queue_name=QUEUE)
 def guarded_report(source: str, ms: int = 0) -> None:
-    """``report`` under a Redis mutex (MUTEX): a run that starts while another works is skipped. The mutex's key
-    expires after its ttl, in case a worker dies holding it."""
+    """``report`` under MUTEX: a run that starts while another works is skipped (the key expires after its ttl)."""
     with MUTEX.acquire(raise_on_failure=False) as acquired:
         if not acquired:
             return guarded_report.logger.warning("skipped: another report still runs")
@@ -60,8 +59,7 @@ def guarded_report(source: str, ms: int = 0) -> None:
 def cron_days(field: str) -> str:
     """Day numbers as names: to crontab 0 and 7 are Sunday, to APScheduler 3 0 is Monday (its issue 286)."""
     def names(part: str) -> str:
-        found = re.fullmatch(r"(\*|\d+)(?:-(\d+))?(?:/(\d+))?", part)
-        if found is None or part == "*":
+        if part == "*" or not (found := re.fullmatch(r"(\*|\d+)(?:-(\d+))?(?:/(\d+))?", part)):
             return part  # names (mon-fri) and * mean the same to both
         first, last, step = found.groups()
         low, high = (0, 6) if first == "*" else (int(first), int(last or (6 if step else first)))
@@ -78,10 +76,16 @@ def cron_trigger(crontab: str, tz: str = "UTC", hint: str = "'CRONTAB'") -> Cron
         if len(fields) != 5:
             raise ValueError(f"{len(fields)} fields; a crontab has 5: minute hour day-of-month month day-of-week")
         return CronTrigger.from_crontab(" ".join([*fields[:4], cron_days(fields[4])]), timezone=tz)
-    except ZoneInfoNotFoundError:
-        raise click.BadParameter(f"no time zone {tz!r}: an IANA name, e.g. Europe/Paris", param_hint="--tz") from None
     except ValueError as exc:
         raise click.BadParameter(str(exc).splitlines()[0], param_hint=hint) from None
+
+
+def time_zone(ctx: click.Context, param: click.Parameter, tz: str) -> str:
+    """--tz's check, as click parses it: ``tz`` if it names a time zone, else a usage error (exit 2)."""
+    try:
+        return ZoneInfo(tz).key
+    except (ZoneInfoNotFoundError, ValueError, OSError):  # ValueError: "", "/etc/x", "../x"
+        raise click.BadParameter(f"no time zone {tz!r}: an IANA name, e.g. Europe/Paris", param_hint="--tz") from None
 
 
 def enqueue(actor_name: str, source: str, ms: int) -> None:
@@ -107,12 +111,14 @@ def main() -> None:
 @main.command("scheduler")
 @click.option("--cron", "crontab", default="* * * * *", show_default=True, help="When to enqueue: 5 crontab fields.")
 @click.option("--every", type=click.IntRange(1, 59), metavar="SECONDS", help="At seconds divisible by N, not --cron.")
-@click.option("--tz", default="UTC", show_default=True, help="The crontab's time zone (IANA name).")
+@click.option("--tz", default="UTC", show_default=True, callback=time_zone, help="The crontab's time zone (IANA name).")
 @click.option("--actor", type=click.Choice(["report", "guarded_report"]), default="report", show_default=True)
 @click.option("--ms", type=click.IntRange(0, 60_000), default=0, show_default=True, help="How long each run works.")
 def run_scheduler(crontab: str, every: int | None, tz: str, actor: str, ms: int) -> None:
     """The one scheduler: it enqueues --actor at each fire time; workers run it. Ctrl-C (130) or SIGTERM (0) stop it."""
-    trigger = CronTrigger(second=f"*/{every}", timezone="UTC") if every else cron_trigger(crontab, tz, "--cron")
+    if every and click.get_current_context().get_parameter_source("crontab") != click.core.ParameterSource.DEFAULT:
+        raise click.UsageError("--cron and --every exclude each other: choose one.")
+    trigger = CronTrigger(second=f"*/{every}", timezone=tz) if every else cron_trigger(crontab, tz, "--cron")
     broker.client.ping()  # no Redis: one line and exit 3 now, not an error at every fire time
     scheduler = make_scheduler(trigger, actor, ms)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # SystemExit(0) from scheduler.start(), below
@@ -128,7 +134,7 @@ def run_scheduler(crontab: str, every: int | None, tz: str, actor: str, ms: int)
 @main.command("next")
 @click.argument("crontab")
 @click.option("--count", type=click.IntRange(1, 100), default=5, show_default=True)
-@click.option("--tz", default="UTC", show_default=True, help="The time zone to read CRONTAB in (IANA name).")
+@click.option("--tz", default="UTC", show_default=True, callback=time_zone, help="CRONTAB's time zone (IANA name).")
 @click.option("--start", type=click.DateTime(), help="Count from this time, in --tz (default: now).")
 def next_times(crontab: str, count: int, tz: str, start: datetime | None) -> None:
     """Print CRONTAB's next fire times in --tz, in UTC and in local time, and the gaps. Needs no Redis."""
@@ -139,10 +145,9 @@ def next_times(crontab: str, count: int, tz: str, start: datetime | None) -> Non
         fire, before = trigger.get_next_fire_time(None if number == 1 else fire, fire), fire
         if fire is None:
             raise click.BadParameter("it never fires: no date matches all its fields", param_hint="'CRONTAB'")
-        utc = fire.astimezone(timezone.utc)
-        gap = "" if number == 1 else f"   {(utc - before.astimezone(timezone.utc)) / timedelta(hours=1):+g} h"
-        click.echo(f"{number:3}  {utc.astimezone(trigger.timezone):%a %Y-%m-%d %H:%M %Z}  UTC {utc:%m-%d %H:%M}  "
-                   f"local {utc.astimezone():%m-%d %H:%M %Z}{gap}")
+        gap = "" if number == 1 else f"   {(fire.timestamp() - before.timestamp()) / 3600:+g} h"
+        click.echo(f"{number:3}  {fire:%a %Y-%m-%d %H:%M %Z}  UTC {fire.astimezone(timezone.utc):%m-%d %H:%M}  "
+                   f"local {fire.astimezone():%m-%d %H:%M %Z}{gap}")
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ Run it, in two terminals (a Redis first: `redis-server` or `python -m lab serve`
     python e08_time_limits.py spin 3000 --limit 1000    # a Python loop: stopped 1 to 2 s in
     python e08_time_limits.py nap 3000 --limit 1000     # time.sleep: the limit fires at 1-2 s, the sleep runs 3 s
     python e08_time_limits.py tidy 3000 --limit 1000    # catches TimeLimitExceeded, cleans up, succeeds
+    python e08_time_limits.py spin_once 3000 --limit 1000   # throws=(TimeLimitExceeded,): failed at once, no retry
     python e08_time_limits.py flaky 3                   # fails 3 times, then succeeds: 3 x on_failure, 1 x on_success
     python e08_time_limits.py flaky 9                   # never succeeds: 4 x on_failure, 1 x on_retry_exhausted
     python e08_time_limits.py spin 10 --delay 2000 --max-age 1000   # too old when due: skipped, never run
@@ -16,37 +17,32 @@ Run it, in two terminals (a Redis first: `redis-server` or `python -m lab serve`
 import sys
 import time
 
+import lab
+
 import click
 import dramatiq
 from dramatiq.middleware import CurrentMessage, TimeLimit, TimeLimitExceeded
-
-import lab
 
 broker = lab.setup_broker()
 
 QUEUE = "e08"
 LIMIT_MS = 1000  # these actors' time_limit; TimeLimit's own default is 10 minutes
-# Watchable retries: 2 of them, 0.5-1 s then 1-2 s later (Dramatiq's default is 20, from 15 s).
-RETRIES = dict(max_retries=2, min_backoff=500, max_backoff=2000)
+RETRIES = dict(max_retries=2, min_backoff=500, max_backoff=2000)  # 0.5-1 s, then 1-2 s (default: 20, from 15 s)
 
 
 def start_time_limits(broker: dramatiq.Broker) -> None:
-    """Start TimeLimit's checker thread, as the `dramatiq` CLI does in each worker process.
-
-    TimeLimit starts it in after_process_boot, a hook that only the CLI sends: in a
-    plain dramatiq.Worker (a test, `python -m lab run`) no time limit ever fires without this.
-    """
+    """Start TimeLimit's checker thread, as the `dramatiq` CLI does in each worker process (after_process_boot,
+    a hook only the CLI sends): without this, no time limit fires in a plain dramatiq.Worker (a test, `lab run`)."""
     for middleware in broker.middleware:
         if isinstance(middleware, TimeLimit) and not middleware.manager.is_alive():
             middleware.manager.start()
 
 
-def busy(ms: int) -> int:
+def busy(ms: int) -> None:
     """Pure-Python work for ``ms`` milliseconds: the thread runs bytecode all along, so it can be interrupted."""
-    started, loops = time.monotonic(), 0
-    while time.monotonic() - started < ms / 1000:
-        loops += 1
-    return loops
+    deadline = time.monotonic() + ms / 1000
+    while time.monotonic() < deadline:
+        pass
 
 
 def ran_ms(started: float) -> str:
@@ -61,12 +57,12 @@ def called(message: dict) -> str:
 @dramatiq.actor(queue_name=QUEUE, time_limit=LIMIT_MS, **RETRIES)
 def spin(ms: int) -> None:
     """A Python loop of MS ms: the time limit stops it, at TimeLimit's next check (once a second)."""
-    started = time.monotonic()
+    started, actor = time.monotonic(), CurrentMessage.get_current_message().actor_name  # spin, or spin_once
     spin.logger.info("spinning for %d ms (%s)", ms, lab.describe_attempt())
     try:
         busy(ms)
     finally:  # runs whether the loop ended or TimeLimitExceeded stopped it
-        spin.logger.info("spin(%d) ran %s", ms, ran_ms(started))
+        spin.logger.info("%s(%d) ran %s", actor, ms, ran_ms(started))
 
 
 @dramatiq.actor(queue_name=QUEUE, time_limit=LIMIT_MS, **RETRIES)
@@ -110,6 +106,14 @@ def exhausted(message: dict, retry_info: dict) -> None:
     exhausted.logger.error("on_retry_exhausted: %s after %d retries", called(message), retry_info["retries"])
 
 
+@dramatiq.actor(queue_name=QUEUE, time_limit=LIMIT_MS, throws=(TimeLimitExceeded,), on_failure=failed.actor_name,
+                on_retry_exhausted=exhausted.actor_name, **RETRIES)
+def spin_once(ms: int) -> None:
+    """spin, but a time-out is final: throws=(TimeLimitExceeded,) fails it at once, unretried despite its
+    max_retries. on_failure fires; on_retry_exhausted does not, as no retry ran out."""
+    spin.fn(ms)
+
+
 @dramatiq.actor(queue_name=QUEUE, max_retries=3, min_backoff=200, max_backoff=1000, on_success=succeeded.actor_name,
                 on_failure=failed.actor_name, on_retry_exhausted=exhausted.actor_name)
 def flaky(failures: int) -> int:
@@ -135,11 +139,10 @@ def _send_command(actor: dramatiq.Actor, argument: str, bounds: click.IntRange) 
                   help="Skip it, unrun, if it starts more than MS after it was sent.")
     def send(limit: int | None, delay: int | None, max_age: int | None, **value: int) -> None:
         options = dict(time_limit=limit, delay=delay, max_age=max_age)  # for this message only
-        lab.confirm(actor.send_with_options(args=tuple(value.values()),
-                                            **{name: ms for name, ms in options.items() if ms}))
+        lab.confirm(actor.send_with_options(args=tuple(value.values()), **{k: v for k, v in options.items() if v}))
 
 
-for _actor in (spin, nap, tidy):
+for _actor in (spin, nap, tidy, spin_once):
     _send_command(_actor, "ms", click.IntRange(0, 600_000))
 _send_command(flaky, "failures", click.IntRange(0, 10))
 

@@ -4,8 +4,8 @@ Goal: limit how many messages work at once, across threads and processes, withou
 
 Run it, in two terminals (a Redis first: `redis-server` or `python -m lab serve`):
 
-    dramatiq --processes 2 --threads 4 e09_rate_limits   # the worker: 8 threads in 2 processes
-    python e09_rate_limits.py send free 8               # no limit: up to 8 at once
+    dramatiq --processes 2 --threads 2 e09_rate_limits   # the worker: 4 threads in 2 processes
+    python e09_rate_limits.py send free 8               # no limit: up to 4 at once, one per thread
     python e09_rate_limits.py send patient 8            # a mutex, retried later when busy: 1 at a time
     python e09_rate_limits.py send patient 8 --limit 3  # a semaphore: 3 at a time
     python e09_rate_limits.py send mutexed 8            # the default: busy raises, retries run out: work dropped
@@ -21,12 +21,12 @@ import sys
 import threading
 import time
 
+import lab
+
 import click
 import dramatiq
 from dramatiq.rate_limits import BucketRateLimiter, ConcurrentRateLimiter, WindowRateLimiter
 from dramatiq.rate_limits.backends import RedisBackend  # the rate limiters' backend, NOT dramatiq.results.backends'
-
-import lab
 
 broker = lab.setup_broker()
 

@@ -18,11 +18,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import lab
+
 import click
 import dramatiq
 from dramatiq.common import current_millis
-
-import lab
 
 broker = lab.setup_broker()
 

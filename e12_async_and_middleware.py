@@ -139,13 +139,13 @@ def report(n: int) -> None:
 
 
 @main.command()
-@click.argument("state", type=click.BOOL, metavar="on|off")
+@click.argument("state", type=click.Choice(["on", "off"]), metavar="on|off")  # not click.BOOL: it reads "" as off
 @click.option("--name", type=click.Choice(["reports"]), default="reports", show_default=True)
-def switch(state: bool, name: str) -> None:
+def switch(state: str, name: str) -> None:
     """Turn a kill switch on (its actors' messages run) or off (they are skipped)."""
     key = lab.key(broker, SWITCH.format(name))
-    broker.client.delete(key) if state else broker.client.set(key, "off")
-    click.echo(f"switch {name!r} is {'on' if state else 'off'}: key {key} {'deleted' if state else 'set'}")
+    broker.client.delete(key) if state == "on" else broker.client.set(key, "off")
+    click.echo(f"switch {name!r} is {state}: key {key} {'deleted' if state == 'on' else 'set'}")
 
 if __name__ == "__main__":
     sys.exit(main())

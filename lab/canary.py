@@ -241,6 +241,12 @@ def canary(venv_dir: Path | None, as_json: bool) -> None:
     and prints which versions moved, and the lessons whose cited tests fail.
     It reports and never fails: exit 0 whatever the suite did.
     """
+    if venv_dir is not None:
+        where = venv_dir.resolve()
+        if where == ROOT or ROOT in where.parents:  # '' or '.' included: a venv inside the checkout
+            raise click.BadParameter(f"{venv_dir}: give a directory outside the checkout ({ROOT}), as for the "
+                                     "lab's own venv: pytest and `dramatiq --watch .` would read its files",
+                                     param_hint="--venv")
     pinned = requirements(REQUIREMENTS.read_text(encoding="utf-8"))
     command = readme_test_command(README.read_text(encoding="utf-8"))
     with tempfile.TemporaryDirectory(prefix="lab-canary-") as scratch:

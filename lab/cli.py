@@ -9,7 +9,6 @@ unreachable; 4 serve cannot listen on its port; 5 Redis refused the password;
 from __future__ import annotations
 
 import json
-import logging
 import uuid
 
 import click
@@ -25,7 +24,7 @@ from .failures import EXIT_FAILED, Group
 from .options import redis_option
 from .purge import purge
 from .report import show
-from .scenario import Run, run_scenario
+from .scenario import Run, run_scenario, worker_log
 from .server import serve
 from .status import status
 from .urls import MEMORY_URL, mask_url
@@ -80,24 +79,20 @@ def run(experiment: str, url: str, as_json: bool, verbose: bool, log: bool) -> N
         chosen = experiments.all_experiments() if experiment == "all" else [experiments.find(experiment)]
     except LookupError as exc:
         raise click.BadParameter(str(exc), param_hint="EXP") from None
-    if log:
-        logging.basicConfig(level=logging.INFO, format="[%(threadName)s] [%(name)s] [%(levelname)s] %(message)s")
-    else:
-        logging.disable(logging.ERROR)  # the table tells the story; --log shows the tracebacks too
     namespace = f"lab-run-{uuid.uuid4().hex[:8]}"
     broker = use_broker(connect(url, namespace=namespace))
     runs: list[Run] = []
     try:
-        for index, exp in enumerate(chosen, 1):
-            if not exp.has_scenario:
-                err.print(f"{exp.number} has no scenarios/{exp.name}.py to play; skipped")
-                continue
-            with err.status(f"[{index}/{len(chosen)}] {exp.number}: {exp.title} on {mask_url(url)}"):
-                runs.append(run_scenario(exp.name, experiments.load_scenario(exp), broker))
-            if not as_json:
-                show(out, exp, runs[-1], verbose=verbose)
+        with worker_log(shown=log):  # the table tells the story; --log shows the worker's log too
+            for index, exp in enumerate(chosen, 1):
+                if not exp.has_scenario:
+                    err.print(f"{exp.number} has no scenarios/{exp.name}.py to play; skipped")
+                    continue
+                with err.status(f"[{index}/{len(chosen)}] {exp.number}: {exp.title} on {mask_url(url)}"):
+                    runs.append(run_scenario(exp.name, experiments.load_scenario(exp), broker))
+                if not as_json:
+                    show(out, exp, runs[-1], verbose=verbose)
     finally:
-        logging.disable(logging.NOTSET)
         if url != MEMORY_URL:
             delete_keys(broker, namespace)
         broker.close()
@@ -123,4 +118,5 @@ def delete_keys(broker: RedisBroker, namespace: str) -> None:
         for key in broker.client.scan_iter(f"{namespace}*"):
             broker.client.delete(key)
     except redis.RedisError:
-        err.print(f"[dim]cleanup skipped: Redis did not answer; the run's keys ({namespace}*) may remain[/]")
+        err.print(f"[dim]cleanup skipped: Redis did not answer; the run's keys ({namespace}*) may remain[/]",
+                  soft_wrap=True)

@@ -16,7 +16,7 @@ from typing import Any
 import click
 import redis
 
-from .urls import URL_ENV, BadUrl, current_url, mask_url, redact
+from .urls import URL_ENV, BadUrl, current_url, mask_url, redact, user_without_password
 
 EXIT_FAILED = 1  # a lesson did not hold; what a sender waited for failed; purge declined
 EXIT_USAGE = 2  # bad arguments or a bad Redis URL (click's usage error is 2 too)
@@ -65,6 +65,8 @@ def explain(exc: BaseException, url: str) -> Failure | None:
     if isinstance(exc, redis.AuthenticationError):
         wants = "wants a password: put it in the URL, redis://:PASSWORD@host:port/0" \
             if "must be called with the client already authenticated" in str(exc) or "NOAUTH" in str(exc) \
+            else "refused the user name in the URL, which has no password (a password alone goes after a colon: " \
+            "redis://:PASSWORD@host:port/0)" if user_without_password(url) \
             else "refused the password (or user) in the URL"
         return Failure(f"Redis at {where} {wants}.", EXIT_AUTH)
     if isinstance(exc, redis.ResponseError) and "DB index is out of range" in str(exc):
@@ -77,6 +79,8 @@ def explain(exc: BaseException, url: str) -> Failure | None:
 
 def _usage_line(exc: click.UsageError) -> str:
     line = " ".join(exc.format_message().split())  # one line, even for click's "Choose from:" lists
+    # A value of 5,000 digits stays one readable line: its start and its length.
+    line = re.sub(r"'([^'\s]{40,})'", lambda m: f"'{m[1][:12]}...' ({len(m[1])} characters)", line)
     if not line.endswith((".", "!", "?")):
         line += "."
     if exc.ctx is not None:
@@ -112,7 +116,8 @@ class _OneLineFailures:
         except click.UsageError as exc:
             failure = Failure(_usage_line(exc), exc.exit_code)
         except click.Abort as exc:
-            if isinstance(exc.__cause__, KeyboardInterrupt):
+            # click raises Abort "from" the KeyboardInterrupt, or "from None" at a prompt (click.confirm)
+            if isinstance(exc.__cause__ or exc.__context__, KeyboardInterrupt):
                 failure = Failure("interrupted (Ctrl-C)", EXIT_INTERRUPTED)
             else:
                 failure = Failure("aborted", EXIT_FAILED)  # a confirmation answered no

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import click
@@ -34,3 +35,17 @@ class Milliseconds(click.IntRange):
         except click.BadParameter as exc:
             self.fail(f"{exc.message} A delay is whole milliseconds from now, 0 to {self.max} "
                       f"({self.max / 86_400_000:g} days at most).", param, ctx)
+
+
+class Seconds(click.FloatRange):
+    """Seconds, ``low`` to ``high``: a finite number. (click's FloatRange lets ``nan`` through every bound,
+    and time.sleep refuses it with a traceback; ``inf`` overflows time.sleep.)"""
+
+    def __init__(self, low: float, high: float) -> None:
+        super().__init__(low, high)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        seconds = super().convert(value, param, ctx)
+        if not math.isfinite(seconds):
+            self.fail(f"{value!r} is not a number of seconds from {self.min:g} to {self.max:g}.", param, ctx)
+        return seconds

@@ -2,13 +2,30 @@
 
 The scenarios of ``python -m lab run`` and the tests use them alike. Every
 process started here is stopped by :meth:`stop` (SIGTERM, then SIGKILL after
-a deadline), and the tests' fixtures call it even when an assertion fails.
+a deadline), and the tests' fixtures call it even when an assertion fails or
+Ctrl-C interrupts them (pytest turns SIGINT into KeyboardInterrupt, and the
+fixtures' teardown runs).
+
+Each runs in a session of its own, so a Ctrl-C at the terminal does not reach
+it (its owner stops it), and one ``killpg`` reaches a worker's processes too.
+
+The backstop, for an owner that dies without its teardown (``kill -9``, a
+crash, an xdist worker killed by its controller): :func:`backstop` starts a
+watchdog process that waits for its owner to die, then SIGKILLs every process
+that carries the owner's token in its environment (``LAB_OWNERS``). Children
+inherit the token, so this reaches grandchildren too (a worker's processes, a
+sender's children), whatever their process group, including processes the
+tests start with a plain ``subprocess.Popen``. Why not ``PR_SET_PDEATHSIG``:
+it signals only the direct child, fires when the *thread* that started the
+child ends (not the process), and needs ``preexec_fn``, which Python documents
+as unsafe in a process with threads (a test process has many).
 """
 
 from __future__ import annotations
 
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -23,6 +40,113 @@ from .recorder import wait_until
 from .urls import URL_ENV
 
 ROOT = Path(__file__).resolve().parent.parent
+
+#: The tokens of the lab processes above this one, space-separated; see :func:`backstop`.
+OWNERS_ENV = "LAB_OWNERS"
+
+# The watchdog. It reads its stdin until EOF, which comes when its owner's end of the pipe closes, that is when
+# the owner exits, however it exits. Meanwhile the owner writes "+PGID" for a process group it started and
+# "-PGID" once it has stopped and reaped it. At EOF the watchdog SIGKILLs the groups still listed, then every
+# process that carries the owner's token (twice more if it found some: one may have been starting). The token
+# alone is not enough: redis-server writes its title over its environment. The watchdog ignores the terminal's
+# signals (a Ctrl-C must not stop it before its owner is gone) and is in a session of its own.
+WATCHDOG = r"""
+import os, signal, sys
+for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM):
+    signal.signal(sig, signal.SIG_IGN)
+variable, token, groups = sys.argv[1].encode() + b"=", sys.argv[2].encode(), set()
+for line in sys.stdin.buffer:
+    (groups.add if line.startswith(b"+") else groups.discard)(int(line[1:]))
+for group in groups:
+    try:
+        os.killpg(group, signal.SIGKILL)
+    except OSError:
+        pass
+for _ in range(3):
+    found = 0
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{name}/environ", "rb") as f:
+                environ = f.read().split(b"\0")
+        except OSError:
+            continue
+        owners = next((e.partition(b"=")[2] for e in environ if e.startswith(variable)), b"")
+        if token in owners.split():
+            try:
+                os.kill(int(name), signal.SIGKILL)
+                found += 1
+            except OSError:
+                pass
+    if not found:
+        break
+"""
+
+_backstop: tuple[int, str, subprocess.Popen, int] | None = None  # (owner pid, token, watchdog, pipe's write end)
+
+
+def backstop() -> str:
+    """Make sure that what this process starts from now on dies with it, however it dies; its token.
+
+    Starts, once per process, a watchdog (see the module's docstring) and adds this
+    process's token to ``os.environ[LAB_OWNERS]``, so every process started after,
+    by whatever means, inherits it. The fixtures' and :meth:`RedisServer.stop`'s
+    orderly stops come first; this catches what they could not reach.
+    """
+    global _backstop
+    if _backstop is not None and _backstop[0] == os.getpid():
+        return _backstop[1]
+    token = f"{os.getpid()}-{secrets.token_hex(4)}"
+    read, write = os.pipe()  # not inherited by other children (PEP 446): only this process holds the write end
+    env = {k: v for k, v in os.environ.items() if k != OWNERS_ENV}  # the watchdog is nobody's: it outlives its owner
+    try:
+        watchdog = subprocess.Popen([sys.executable, "-c", WATCHDOG, OWNERS_ENV, token], stdin=read, env=env,
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    finally:
+        os.close(read)
+    _backstop = (os.getpid(), token, watchdog, write)
+    os.environ[OWNERS_ENV] = " ".join([*os.environ.get(OWNERS_ENV, "").split(), token])
+    return token
+
+
+def _tell_watchdog(line: str) -> None:
+    if _backstop is not None and _backstop[0] == os.getpid():
+        try:
+            os.write(_backstop[3], f"{line}\n".encode())
+        except OSError:  # the watchdog is gone (someone killed it): nothing to tell
+            pass
+
+
+def guard(process: subprocess.Popen) -> subprocess.Popen:
+    """Have the backstop SIGKILL ``process``'s group (it leads a session of its own) if this process dies first."""
+    _tell_watchdog(f"+{process.pid}")
+    return process
+
+
+def release(process: subprocess.Popen) -> None:
+    """Tell the backstop that ``process`` (guarded, now reaped) is no longer its to kill."""
+    if process.returncode is not None:
+        _tell_watchdog(f"-{process.pid}")
+
+
+def carrying(variable: str, word: str) -> list[int]:
+    """The pids of the processes whose environment's ``variable`` holds ``word`` (one of its space-separated
+    words). ``carrying(OWNERS_ENV, token)`` lists what the backstop of ``token`` would kill; a test marks the
+    processes it starts with a variable of its own and checks that none is left.
+
+    A process that writes over its environment (redis-server sets its title there) is not found.
+    """
+    pids = []
+    for name in os.listdir("/proc"):
+        try:
+            environ = Path(f"/proc/{name}/environ").read_bytes().split(b"\0") if name.isdigit() else []
+        except OSError:
+            continue
+        value = next((e.partition(b"=")[2] for e in environ if e.startswith(variable.encode() + b"=")), b"")
+        if word.encode() in value.split():
+            pids.append(int(name))
+    return pids
 
 
 def free_port() -> int:
@@ -49,10 +173,11 @@ class WorkerProcess:
     def __init__(self, args: list[str], *, url: str, cwd: Path = ROOT, **env: str) -> None:
         self.args = args
         self.log = tempfile.NamedTemporaryFile("w+", prefix="lab-worker-", suffix=".log", delete=False)
-        self.process = subprocess.Popen(
+        backstop()
+        self.process = guard(subprocess.Popen(
             [sys.executable, "-m", "dramatiq", *args], cwd=cwd, env=lab_env(url, **env),
             stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
+        ))
 
     @property
     def pid(self) -> int:
@@ -92,23 +217,19 @@ class WorkerProcess:
 
     def kill(self) -> None:
         """SIGKILL the master and every process of its session, as a crash would."""
-        if self.process.poll() is None:
-            try:
-                os.killpg(self.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            self.process.wait()
+        try:  # even when the master exited: a worker process it left behind goes too
+            os.killpg(self.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        self.process.wait()
+        release(self.process)
 
     def stop(self, timeout: float = 15) -> int:
         """SIGTERM, as Ctrl-C or a process manager would; SIGKILL after ``timeout`` s. The exit code."""
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
-            if self.wait(timeout) is None:
-                self.kill()
-        try:  # a worker process the master left behind (killed master, say) goes too
-            os.killpg(self.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
+            self.wait(timeout)
+        self.kill()  # after a timeout; or a worker process the master left behind (killed master, say)
         return self.process.returncode
 
     def close(self, *, kill: bool = False) -> None:
@@ -132,7 +253,11 @@ class RedisServer:
         self.port = port or free_port()
         self.dir = tempfile.mkdtemp(prefix="lab-redis-")
         self.process: subprocess.Popen | None = None
-        self.start()
+        try:
+            self.start()
+        except BaseException:
+            shutil.rmtree(self.dir, ignore_errors=True)
+            raise
 
     @staticmethod
     def executable_path() -> str:
@@ -149,12 +274,13 @@ class RedisServer:
         return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     def start(self, timeout: float = 10) -> RedisServer:
-        self.process = subprocess.Popen(
+        backstop()
+        self.process = guard(subprocess.Popen(
             [self.executable, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.dir,
              "--save", "", "--appendonly", "yes" if self.appendonly else "no", "--appendfsync", "always",
              *(["--requirepass", self.password] if self.password else [])],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-        )
+        ))
         client = redis.Redis(host="127.0.0.1", port=self.port, password=self.password, socket_connect_timeout=1)
 
         def answers() -> bool:
@@ -165,8 +291,10 @@ class RedisServer:
 
         try:
             if not wait_until(answers, timeout=timeout, interval=0.02):
-                self.stop()
                 raise TimeoutError(f"redis-server did not answer on port {self.port} within {timeout} s")
+        except BaseException:  # Ctrl-C while it starts, too: no caller holds it yet to stop it
+            self.stop(signal.SIGKILL)
+            raise
         finally:
             client.close()
         return self
@@ -180,6 +308,8 @@ class RedisServer:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        if self.process is not None:
+            release(self.process)
         self.process = None
 
     def restart(self, sig: int = signal.SIGTERM) -> RedisServer:

@@ -9,8 +9,12 @@ the README's words, and ``held`` comes from what the :class:`Recorder` observed.
 
 from __future__ import annotations
 
+import io
+import logging
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from types import ModuleType
 from typing import Any
@@ -18,11 +22,18 @@ from typing import Any
 import dramatiq
 import redis
 from dramatiq.brokers.redis import RedisBroker
+from dramatiq.errors import BrokerConnectionError
 
 from .processes import WorkerProcess
 from .recorder import Attempt, Enqueue, Recorder, wait_until
 from .server import EmbeddedRedis
 from .urls import MEMORY_URL, NAMESPACE_ENV
+
+#: How often :meth:`Run.wait_until` asks Redis whether it is still there, in seconds.
+PING_INTERVAL = 0.1
+
+#: What a thread of Dramatiq raises when Redis is gone: redis-py's errors, and Dramatiq's wrapper of them.
+CONNECTION_ERRORS = (redis.ConnectionError, redis.TimeoutError, BrokerConnectionError)
 
 
 def stop_worker(worker: dramatiq.Worker, timeout_ms: int = 10_000) -> None:
@@ -81,9 +92,27 @@ class Run:
         return self.worker
 
     def stop_worker(self, timeout_ms: int = 10_000) -> None:
-        if self.worker is not None:
-            stop_worker(self.worker, timeout_ms)
-            self.worker = None
+        """Stop the run's worker, waiting ``timeout_ms`` at most, and less if Redis goes away.
+
+        Redis gone, the worker's threads can neither ack nor requeue, and a consumer
+        thread sleeps 3 s before it retries (``dramatiq_restart_delay``): waiting for
+        them only delays the run's end. So the stop waits not at all if Redis is
+        gone already, and if Redis dies while it waits (pinged every 0.1 s), the
+        run stops there with redis.ConnectionError. The threads are daemons.
+        """
+        worker, self.worker = self.worker, None
+        if worker is None:
+            return
+        try:
+            self.broker.client.ping()
+        except CONNECTION_ERRORS:
+            return stop_worker(worker, timeout_ms=0)
+        stopping = threading.Thread(target=stop_worker, args=(worker, timeout_ms), name="lab-stop-worker", daemon=True)
+        stopping.start()
+        stopping.join(PING_INTERVAL)
+        while stopping.is_alive():
+            self.broker.client.ping()  # raises if Redis went away meanwhile: the run ends here
+            stopping.join(PING_INTERVAL)
 
     def shared_url(self) -> str:
         """A URL other processes can use to reach this run's Redis and its data.
@@ -131,14 +160,14 @@ class Run:
     def wait_until(self, condition: Callable[[], Any], *, timeout: float) -> bool:
         """Poll ``condition`` until it is true or ``timeout`` seconds pass; say which.
 
-        Redis is pinged twice a second meanwhile: if it goes away, the run stops
-        within half a second (redis.ConnectionError), not at the deadline.
+        Redis is pinged every 0.1 s meanwhile: if it goes away, the run stops
+        at once (redis.ConnectionError), not at the deadline.
         """
         pinged = time.monotonic()
 
         def check() -> Any:
             nonlocal pinged
-            if time.monotonic() - pinged > 0.5:
+            if time.monotonic() - pinged > PING_INTERVAL:
                 self.broker.client.ping()
                 pinged = time.monotonic()
             return condition()
@@ -193,17 +222,94 @@ def run_scenario(experiment: str, scenario: ModuleType, broker: RedisBroker) -> 
     """Play ``scenario.scenario`` on ``broker``; the scenario starts the worker it needs.
 
     Whatever happens, what the run started is stopped (:meth:`Run.close`); an
-    exception propagates. After one (Redis gone, Ctrl-C), the worker gets 1 s to
-    stop, not 10.
+    exception propagates. After Ctrl-C, the worker gets 1 s to stop, not 10;
+    with Redis gone, none: its threads can neither ack nor requeue, and they are
+    daemons, so they end with the process.
     """
+    from .lessons import lessons
+
+    lessons()  # README.rst, parsed (about a second of CPU) before the scenario starts rather than in its midst
     recorder = Recorder.install(broker)
     recorder.reset()
     run = Run(experiment, broker, recorder)
     try:
         scenario.scenario(run)
+    except CONNECTION_ERRORS:
+        run.stop_worker(timeout_ms=0)
+        raise
     except BaseException:
         run.stop_worker(timeout_ms=1000)
         raise
     finally:
         run.close()
     return run
+
+
+class _OneLineConnectionErrors(logging.Filter):
+    """Log a connection error's record as one line: its message and the error, not the traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], CONNECTION_ERRORS):
+            error = record.exc_info[1]
+            record.msg, record.args = f"{record.getMessage()} ({type(error).__name__}: {error})", ()
+            record.exc_info = record.exc_text = None
+        return True
+
+
+@contextmanager
+def worker_log(shown: bool) -> Iterator[None]:
+    """While a run plays: the worker's log on stderr if ``shown`` (``--log``), else none of it on the screen.
+
+    Either way, a lost Redis is never a traceback. When Redis dies, the run's
+    main thread says so in its one line and exit code; the worker's threads see
+    it too. Their CRITICAL "Consumer encountered an unexpected error." (a delayed
+    message it could not enqueue) carries a traceback, and a consumer thread whose
+    cleanup fails too dies with one ("Exception in thread ..."). Here such a
+    record loses its traceback, and a thread killed by a connection error ends
+    with a log line instead. Any other error keeps its traceback: that is a bug.
+
+    When the run ends because Redis is gone, the worker's log ends there, so that
+    the run's last lines are its own (the cleanup note, the one line); the rest
+    stays in place until the process exits: the worker's threads were not waited
+    for, and may still speak.
+    """
+    root, mine = logging.getLogger(), []
+    if shown:
+        before = list(root.handlers)
+        logging.basicConfig(level=logging.INFO, format="[%(threadName)s] [%(name)s] [%(levelname)s] %(message)s")
+        mine = [handler for handler in root.handlers if handler not in before]
+        filters = [(handler, _OneLineConnectionErrors()) for handler in root.handlers]
+    else:
+        # ERROR and below for every handler; CRITICAL only off the screen (Python's last-resort handler, used
+        # when no handler is configured), so that a scenario's own handler still sees it.
+        logging.disable(logging.ERROR)
+        filters = [(logging.lastResort, lambda record: False)]
+    for handler, dropped in filters:
+        handler.addFilter(dropped)
+    previous = threading.excepthook
+
+    def quiet(args: threading.ExceptHookArgs) -> None:
+        if isinstance(args.exc_value, CONNECTION_ERRORS):
+            name = args.thread.name if args.thread else "a thread"
+            logging.getLogger("lab").warning("%s ended: %s: %s", name, type(args.exc_value).__name__, args.exc_value)
+        else:
+            previous(args)
+
+    def restore() -> None:
+        threading.excepthook = previous
+        for handler, dropped in filters:
+            handler.removeFilter(dropped)
+        logging.disable(logging.NOTSET)
+
+    threading.excepthook = quiet
+    try:
+        yield
+    except CONNECTION_ERRORS:
+        logging.disable(logging.CRITICAL)  # and the rest left in place: see above
+        for handler in mine:  # a thread already past that check may still emit: into nothing
+            handler.setStream(io.StringIO())
+        raise
+    except BaseException:
+        restore()
+        raise
+    restore()

@@ -29,7 +29,7 @@ from . import experiments
 from .broker import connect, use_broker
 from .failures import UNREACHABLE, how_to_get_redis
 from .keys import QueueCounts, count_queues, dead_letters, key_names
-from .options import redis_option
+from .options import Seconds, redis_option
 from .urls import DEFAULT_URL, MEMORY_URL, mask_url
 
 EXIT_CODES = ("Exit codes: 0 ok; 2 bad arguments or URL, or memory://; 3 Redis unreachable; "
@@ -228,7 +228,7 @@ def open_broker(url: str) -> RedisBroker:
                short_help="Queues, live workers and dead letters; --watch for a live view.")
 @redis_option(DEFAULT_URL)
 @click.option("--watch", is_flag=True, help="Refresh until Ctrl-C.")
-@click.option("--interval", type=click.FloatRange(min=0.2), default=1.0, show_default=True, metavar="SECONDS",
+@click.option("--interval", type=Seconds(0.2, 3600), default=1.0, show_default=True, metavar="SECONDS",
               help="Time between refreshes with --watch.")
 @click.option("--count", type=click.IntRange(min=1), metavar="N",
               help="With --watch: stop after N refreshes.")

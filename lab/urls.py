@@ -63,23 +63,44 @@ def _split(url: str) -> tuple[str, str, str]:
     return scheme + sep, netloc, after[len(netloc):]
 
 
+#: The query arguments redis-py reads as credentials.
+_QUERY_SECRETS = r"([?&](?:password|username)=)([^&#]*)"
+
+
 def _passwords(url: str) -> list[str]:
-    """Every password ``url`` carries: in the userinfo and in a ``password=`` query argument."""
+    """Every password ``url`` carries, also percent-decoded: in the user part and in the query. A user name
+    counts when no password follows it (``redis://secretpw@host``: likely a password in the wrong place);
+    otherwise it is left, so that a user ``default`` does not blank that word out of every message."""
     _, netloc, rest = _split(url)
     userinfo, at, _ = netloc.rpartition("@")
-    found = [userinfo.partition(":")[2]] if at and ":" in userinfo else []
+    user, colon, password = userinfo.partition(":")
+    found = [password if colon else user] if at else []
     found += re.findall(r"[?&]password=([^&#]*)", rest, flags=re.IGNORECASE)
     return [p for secret in found if secret for p in {secret, unquote(secret)}]
 
 
 def mask_url(url: str) -> str:
-    """``url`` with every password replaced by ``***``, safe to print. Never raises."""
+    """``url`` with its whole user part masked, and the credentials of its query: safe to print. Never raises.
+
+    A user name is masked too: ``redis://secretpw@host`` (a password where URL
+    syntax puts a user name, a common slip) must not print the password. Each
+    part that is there becomes ``***``, so the shape stays: ``redis://***@host``,
+    ``redis://:***@host``, ``redis://***:***@host``.
+    """
     scheme, netloc, rest = _split(url)
     userinfo, at, host = netloc.rpartition("@")
-    if at and ":" in userinfo:
-        netloc = f"{userinfo.partition(':')[0]}:***@{host}"
-    rest = re.sub(r"([?&]password=)[^&#]*", r"\1***", rest, flags=re.IGNORECASE)
+    if at:
+        user, colon, password = userinfo.partition(":")
+        netloc = f"{'***' if user else ''}{colon}{'***' if password else ''}@{host}"
+    rest = re.sub(_QUERY_SECRETS, r"\1***", rest, flags=re.IGNORECASE)
     return scheme + netloc + rest
+
+
+def user_without_password(url: str) -> bool:
+    """Whether ``url`` has a user name and no password, ``redis://secretpw@host``: often a password misplaced."""
+    _, netloc, _ = _split(url)
+    userinfo, at, _ = netloc.rpartition("@")
+    return bool(at and userinfo and ":" not in userinfo)
 
 
 def redact(text: str, url: str) -> str:

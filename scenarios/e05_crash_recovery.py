@@ -168,10 +168,10 @@ def in_this_process(run: lab.Run) -> None:
         run.check("test_recovery_needs_a_stale_heartbeat_and_maintenance_for_that_queue",
                   (fresh, unlucky, elsewhere, acked, back, beat_after_e05, beat_after_dq)
                   == (0, 0, 0, 0, [held.options["redis_message_id"]], True, False),
-                  f"back on e05 after: fresh heartbeat + maintenance {fresh}, stale + no maintenance {unlucky}, "
-                  f"stale + maintenance for another queue {elsewhere}, stale + an ack and a nack {acked}, "
-                  f"stale + maintenance for e05 {len(back)}; the dead worker's heartbeat kept after that: "
-                  f"{beat_after_e05}, after maintenance for e05.DQ too: {beat_after_dq}")
+                  f"back on e05: {len(back)} with a stale heartbeat and maintenance for e05; {fresh} with a fresh "
+                  f"one, {unlucky} without maintenance, {elsewhere} with it for another queue, {acked} after an ack "
+                  f"and a nack; the dead worker's heartbeat kept until e05.DQ's maintenance: "
+                  f"{beat_after_e05 and not beat_after_dq}")
         broker.client.delete(*(lab.key(broker, f"{queue}{suffix}") for queue in (e05.QUEUE, dq_name(e05.QUEUE))
                                for suffix in ("", ".msgs")))
 
@@ -180,10 +180,10 @@ def in_this_process(run: lab.Run) -> None:
         run.check("test_with_the_defaults_recovery_waits_60_s_then_about_1000_idle_fetches_0_5_to_1_s_apart",
                   defaults["heartbeat"] == 60 and 500 <= min(idle) and max(idle) < 1000
                   and 560 < defaults["median"] < 600 and 780 < defaults["mean"] < 840,
-                  f"an idle consumer fetched every {min(idle):.0f} to {max(idle):.0f} ms, {defaults['gap_ms']:.0f} "
-                  f"on average; so with the defaults: {defaults['heartbeat']:.0f} s, then maintenance: back after "
-                  f"{defaults['median']:.0f} s (median), {defaults['mean']:.0f} s (mean), {defaults['p95']:.0f} s "
-                  f"(p95) with one idle worker process")
+                  f"back after {defaults['median']:.0f} s (median), {defaults['mean']:.0f} s (mean), "
+                  f"{defaults['p95']:.0f} s (p95) with one idle worker process: {defaults['heartbeat']:.0f} s, then "
+                  f"fetches {min(idle):.0f} to {max(idle):.0f} ms apart ({defaults['gap_ms']:.0f} on average) "
+                  f"until one draws maintenance")
 
         # A redelivery is not a retry, and DeliveryLimit counts it. (In this process, never poison().)
         broker.heartbeat_timeout = 100
@@ -207,15 +207,15 @@ def in_this_process(run: lab.Run) -> None:
     crashed = [a for a in after_crashes if a.message_id == crashing.message_id]
     run.check("test_a_recovered_message_comes_back_with_retries_still_0",
               retries_seen == [0, 0] and [(a.number, a.outcome) for a in crashed] == [(1, "ok")],
-              f"options['retries'] after each of 2 crashes: {retries_seen}; then it ran as attempt "
-              f"{[a.number for a in crashed]}")
+              f"retries still {retries_seen} after each of 2 crashes; then it ran as attempt "
+              f"{', '.join(str(a.number) for a in crashed)}")
 
     letters = [d.message.message_id for d in lab.dead_letters(broker, e05.QUEUE)]
     skipped = [a.outcome for a in run.attempts("deposit", 2, 0)]
     run.check("test_delivery_limit_dead_letters_a_message_started_too_often_without_running_it",
               skipped == ["skipped"] and guarded.message_id in letters,
-              f"max_deliveries=2, started twice by workers that died: at delivery 3, {skipped or 'nothing'}; "
-              f"in e05.XQ: {guarded.message_id in letters}")
+              f"at delivery 3: {', '.join(skipped) or 'nothing'}, in e05.XQ: {guarded.message_id in letters} "
+              f"(max_deliveries=2, started twice by workers that died)")
 
     tries = run.attempts("deposit", -5, 0)
     first_retry = tries[1].started if len(tries) > 1 else 0
@@ -224,8 +224,9 @@ def in_this_process(run: lab.Run) -> None:
               [a.outcome for a in tries] == ["retried", "retried", "failed"] and declined.message_id in letters
               and len(flowed) == 5 and all(a.outcome == "ok" for a in flowed)
               and any(a.started < first_retry for a in flowed),
-              f"deposit(-5): {[a.outcome for a in tries]}, then in e05.XQ: {declined.message_id in letters}; "
-              f"{sum(a.started < first_retry for a in flowed)} of 5 others ran before its first retry, on one thread")
+              f"{sum(a.started < first_retry for a in flowed)} of 5 others ran before its first retry, on one "
+              f"thread; deposit(-5): {', '.join(a.outcome for a in tries)}, then in e05.XQ: "
+              f"{declined.message_id in letters}")
 
 
 # -- with real processes ----------------------------------------------------------------------------------------------
@@ -529,26 +530,27 @@ PROCESS_LESSONS = [
 def check_crashes(run: lab.Run, seen: Crashes) -> None:
     kills, first = seen.kills, seen.kills.kills[0]
     run.check(PROCESS_LESSONS[0], (first.held, first.running, kills.status["held by the child killed"]) == (4, 2, 4),
-              f"a 2-thread child SIGKILLed: {first.held} in its acks set, {first.running} of them running; "
-              f"`lab status` before: {kills.status}")
+              f"{first.held} in its acks set, {first.running} of them running (a 2-thread child SIGKILLed); just "
+              f"before, `lab status`: {kills.status['ready']} ready, {kills.status['in_flight']} in flight, "
+              f"{kills.status['held by the child killed']} of them the child's")
 
     back = [k.back_after_s for k in kills.kills]
     run.check(PROCESS_LESSONS[1], all(HEARTBEAT_MS / 1000 - 0.15 <= s <= HEARTBEAT_MS / 1000 + 3 for s in back),
-              f"heartbeat_timeout {HEARTBEAT_MS} ms, maintenance on every call: back on e05 "
-              f"{', '.join(f'{s:.2f}' for s in back)} s after each kill")
+              f"back on e05 {', '.join(f'{s:.2f}' for s in back)} s after each kill (heartbeat_timeout "
+              f"{HEARTBEAT_MS} ms, maintenance on every call)")
 
     counts, running = kills.counts, [k.running for k in kills.kills]
     run.check(PROCESS_LESSONS[2], (counts["sent"], counts["finished"], counts["lost"]) == (100, 100, 0)
               and running[0] == 2 and all(1 <= n <= 4 for n in running[1:]) and kills.reruns == sum(running)
               and 0 < counts["ran twice"] <= kills.reruns,
-              f"sent {counts['sent']}, finished {counts['finished']}, lost {counts['lost']}; running at the kills "
-              f"{' + '.join(map(str, running))}, reruns {kills.reruns}; deposits that ran more than once "
-              f"{counts['ran twice']}; held at the kills: {[k.held for k in kills.kills]}")
+              f"lost {counts['lost']}: {counts['finished']} of {counts['sent']} finished; reruns {kills.reruns}, "
+              f"one per deposit running at the kills ({' + '.join(map(str, running))}); "
+              f"{counts['ran twice']} deposits ran more than once")
 
-    run.check(PROCESS_LESSONS[3], counts["ledger"] == counts["sum sent"] < counts["counter"]
+    run.check(PROCESS_LESSONS[3], counts["ledger"] == counts["sum finished"] < counts["counter"]
               and counts["counter"] - counts["ledger"] == kills.reruns,
-              f"sent {counts['sum sent']}: the ledger says {counts['ledger']}, the counter {counts['counter']} "
-              f"({kills.reruns} reruns)")
+              f"the ledger says {counts['ledger']}, the counter {counts['counter']} after {kills.reruns} reruns; "
+              f"the {counts['finished']} that finished sum to {counts['sum finished']}")
 
     poisoned = seen.poison
     run.check(PROCESS_LESSONS[4], poisoned.exit_codes == [1, 1] and poisoned.dead_lettered
@@ -568,15 +570,14 @@ def check_crashes(run: lab.Run, seen: Crashes) -> None:
     on_tick = tick >= 1 and abs(term.stopping_after_ready_s - tick) < 0.15 and 0 <= term.stopping_after_s <= 1.15
     run.check(PROCESS_LESSONS[6], term.held == 4 and term.requeued == 2 and on_tick
               and term.requeued_after_s >= term.stopping_after_s + 1.4,
-              f"2 running, 2 prefetched; `Shutting down...` {term.stopping_after_s:.2f} s after the SIGTERM, "
-              f"{term.stopping_after_ready_s:.2f} s after the worker process was ready; "
-              f"the {term.requeued} prefetched back on e05 after {term.requeued_after_s:.2f} s "
-              f"(--worker-shutdown-timeout 1500)")
+              f"the {term.requeued} prefetched back on e05 {term.requeued_after_s:.2f} s after the SIGTERM "
+              f"(--worker-shutdown-timeout 1500, 2 running); `Shutting down...` after "
+              f"{term.stopping_after_s:.2f} s, {term.stopping_after_ready_s:.2f} s after the worker was ready")
 
     run.check(PROCESS_LESSONS[7], term.short_finished and term.abandoned == 1 and term.exit_code == 0
               and term.long_started == 2 and term.back_after_s >= term.requeued_after_s + HEARTBEAT_MS / 1000 - 0.15,
-              f"the 1200 ms one finished; the 4000 ms one was abandoned (exit code {term.exit_code}), back on e05 "
-              f"{term.back_after_s:.2f} s after the SIGTERM, and started again")
+              f"the 4000 ms one abandoned, exit code {term.exit_code}; back on e05 {term.back_after_s:.2f} s after "
+              f"the SIGTERM, and started again; the 1200 ms one finished")
 
     if seen.restarts is None:
         for test in PROCESS_LESSONS[8:]:
@@ -588,6 +589,6 @@ def check_crashes(run: lab.Run, seen: Crashes) -> None:
               f"connection errors in its log: {plain.connection_errors} and {aof.connection_errors}")
     run.check(PROCESS_LESSONS[9], plain.queued_after == 0 and plain.ran_before == 10 - plain.queued
               and aof.queued_after == aof.queued > 0 and aof.ran_before == 10,
-              f"10 sent before, {plain.queued} of them waiting in Redis: persistence off, {plain.queued_after} "
-              f"left and {plain.ran_before} ran (the one the worker held); appendonly yes, "
-              f"{aof.queued_after} left and {aof.ran_before} ran")
+              f"persistence off: {plain.queued_after} of the {plain.queued} waiting left, {plain.ran_before} of 10 "
+              f"ran (the one the worker held); appendonly yes: {aof.queued_after} of {aof.queued} left, "
+              f"{aof.ran_before} of 10 ran")

@@ -14,6 +14,20 @@ def ms(attempt: lab.Attempt) -> float:
     return (attempt.ended - attempt.started) * 1000
 
 
+def said(attempts: list[lab.Attempt]) -> str:
+    """The attempts' outcomes, in words: ``retried, then failed``."""
+    return ", then ".join(a.outcome for a in attempts) or "never ran"
+
+
+def in_dead(found: bool) -> str:
+    return "in the dead letters" if found else "not in the dead letters"
+
+
+def ran(counts: list[int]) -> str:
+    """How often on_failure, on_success and on_retry_exhausted ran, in words."""
+    return "on_failure ran {}, on_success {}, on_retry_exhausted {} times".format(*counts)
+
+
 def callbacks_for(run: lab.Run, name: str, failures: int, actor: str = "flaky") -> int:
     """How many times the callback actor ``name`` ran for actor(failures), flaky(failures) unless told."""
     return sum(a.args[0]["actor_name"] == actor and a.args[0]["args"] == [failures] for a in run.attempts(name))
@@ -23,7 +37,8 @@ def scenario(run: lab.Run) -> None:
     [time_limit] = [m for m in run.broker.middleware if isinstance(m, TimeLimit)]
     run.check("test_time_limit_defaults_to_10_minutes_checked_once_a_second",
               (time_limit.time_limit, time_limit.manager.interval) == (600_000, 1.0),
-              f"time_limit={time_limit.time_limit} ms, checked every {time_limit.manager.interval * 1000:.0f} ms")
+              f"TimeLimit's defaults: time_limit={time_limit.time_limit} ms, checked every "
+              f"{time_limit.manager.interval * 1000:.0f} ms")
 
     run.start_worker(threads=8)
     if time_limit.manager.is_alive():
@@ -35,8 +50,8 @@ def scenario(run: lab.Run) -> None:
         unchecked = run.attempts("spin", 300)
         run.check("test_an_in_process_worker_never_enforces_a_time_limit_without_process_boot",
                   [a.outcome for a in unchecked] == ["ok"] and ms(unchecked[0]) >= 300,
-                  f"spin(300) with a 100 ms limit: {[a.outcome for a in unchecked]}, ran "
-                  f"{', '.join(f'{ms(a):.0f}' for a in unchecked)} ms")
+                  f"no checker thread: spin(300) with a 100 ms limit ran "
+                  f"{', '.join(f'{ms(a):.0f}' for a in unchecked)} ms and ended {said(unchecked)}")
     e08.start_time_limits(run.broker)  # what the dramatiq CLI does in each worker process
 
     for failures in (3, 9):
@@ -57,50 +72,53 @@ def scenario(run: lab.Run) -> None:
     loops = run.attempts("spin", 10_000)
     run.check("test_a_python_loop_is_stopped_within_one_check_of_its_limit",
               loops and all(LIMIT_MS <= ms(a) < LIMIT_MS + 1000 + 300 for a in loops),
-              f"limit {LIMIT_MS} ms, checked every 1000 ms: the 10 s loop stopped after "
+              f"a 10 s loop, limit {LIMIT_MS} ms, checked every 1000 ms: its attempts stopped after "
               f"{', '.join(f'{ms(a):.0f}' for a in loops)} ms")
 
     naps = run.attempts("nap")
     run.check("test_a_blocking_sleep_runs_to_its_end_past_the_limit",
               [(a.outcome, a.error) for a in naps] == [("failed", "TimeLimitExceeded: ")] and ms(naps[0]) >= 1500,
-              f"time.sleep(1.5) with a {LIMIT_MS} ms limit ran {ms(naps[0]):.0f} ms, then {naps[0].error}")
+              f"time.sleep(1.5), limit {LIMIT_MS} ms: ran {ms(naps[0]):.0f} ms, then {said(naps)} with "
+              f"{naps[0].error.split(':')[0] or 'no error'}")
 
     tidies = run.attempts("tidy")
     run.check("test_a_caught_time_limit_exceeded_fires_once_and_the_message_succeeds",
               [a.outcome for a in tidies] == ["ok"] and ms(tidies[0]) >= LIMIT_MS + 200,
-              f"tidy caught it and cleaned up 200 ms more: {[a.outcome for a in tidies]} after {ms(tidies[0]):.0f} ms")
+              f"tidy caught TimeLimitExceeded, cleaned up 200 ms more and ended {said(tidies)} after "
+              f"{ms(tidies[0]):.0f} ms")
 
     run.check("test_a_timed_out_message_is_retried_and_uses_up_max_retries",
               [(a.outcome, a.error) for a in loops] == [("retried", "TimeLimitExceeded: "),
                                                         ("failed", "TimeLimitExceeded: ")]
               and loop.message_id in dead,
-              f"max_retries=1: {[a.outcome for a in loops]}; in e08.XQ: {loop.message_id in dead}")
+              f"max_retries=1: {said(loops)} ({', '.join(sorted({a.error.split(':')[0] for a in loops}))}); "
+              f"{in_dead(loop.message_id in dead)}")
 
     skipped = run.attempts("spin", 10)
     run.check("test_a_message_older_than_max_age_is_skipped_unrun_into_the_dead_letters",
               [a.outcome for a in skipped] == ["skipped"] and stale.message_id in dead,
-              f"due after 300 ms, max_age=100: {[a.outcome for a in skipped]}; in e08.XQ: {stale.message_id in dead}")
+              f"delay=300 ms, max_age=100 ms: {said(skipped)}; {in_dead(stale.message_id in dead)}")
 
     retried = run.attempts("spin", 9_000)
     kept = [d.message.message_timestamp == aged.message_timestamp
             for d in lab.dead_letters(run.broker, e08.QUEUE) if d.message.message_id == aged.message_id]
     run.check("test_max_age_counts_from_the_first_send_so_a_retry_can_age_out",
               [a.outcome for a in retried] == ["retried", "skipped"] and kept == [True],
-              f"max_age=250, timed out at {ms(retried[0]):.0f} ms, retried 10-20 ms later: "
-              f"{[a.outcome for a in retried]}, the retry taken {retried[-1].started_ms - aged.message_timestamp:.0f} "
-              f"ms after the first send, whose timestamp it kept: {kept == [True]}")
+              f"max_age=250: {said(retried)} {retried[-1].started_ms - aged.message_timestamp:.0f} ms after the "
+              f"first send, {'whose timestamp it kept' if kept == [True] else 'with a new timestamp'}")
 
     counts = {n: [callbacks_for(run, name, n) for name in ("failed", "succeeded", "exhausted")] for n in (3, 9, 0)}
     run.check("test_on_failure_fires_on_every_failed_attempt_and_on_success_once", counts[3] == [3, 1, 0],
-              f"flaky(3): on_failure, on_success, on_retry_exhausted ran {counts[3]} times")
+              f"flaky(3): {ran(counts[3])}")
     run.check("test_on_retry_exhausted_fires_once_when_the_retries_run_out", counts[9] == [4, 0, 1],
-              f"flaky(9), max_retries=3: on_failure, on_success, on_retry_exhausted ran {counts[9]} times")
-    aborted = [a.outcome for a in run.attempts("spin_once")]
+              f"flaky(9), max_retries=3: {ran(counts[9])}")
+    aborted = run.attempts("spin_once")
     once_callbacks = [callbacks_for(run, name, 8_000, "spin_once") for name in ("failed", "exhausted")]
     run.check("test_a_throws_abort_fires_on_failure_but_not_on_retry_exhausted",
-              aborted == ["failed"] and once_callbacks == [1, 0] and once.message_id in dead,
-              f"spin_once, throws=(TimeLimitExceeded,): {aborted}; on_failure, on_retry_exhausted ran "
-              f"{once_callbacks} times")
+              [a.outcome for a in aborted] == ["failed"] and once_callbacks == [1, 0] and once.message_id in dead,
+              f"spin_once: {said(aborted)}, {in_dead(once.message_id in dead)}; on_failure ran {once_callbacks[0]}, "
+              f"on_retry_exhausted {once_callbacks[1]} times")
+    aged_out = run.attempts("flaky", 0)
     run.check("test_a_message_skipped_by_its_age_limit_fires_no_callback",
-              [a.outcome for a in run.attempts("flaky", 0)] == ["skipped"] and counts[0] == [0, 0, 0],
-              f"flaky(0), skipped: callbacks ran {counts[0]} times")
+              [a.outcome for a in aged_out] == ["skipped"] and counts[0] == [0, 0, 0],
+              f"flaky(0), aged out: {said(aged_out)}; {ran(counts[0])}")

@@ -11,6 +11,11 @@ not only that something happened.
 
 Experiment modules bind their actors to the broker that is current when they
 are imported, so ``load`` imports (or reloads) them after the broker is set.
+
+Nothing a test starts outlives the test run: servers and workers are stopped
+by the fixtures' teardown, which runs on Ctrl-C too, and whatever a crash or a
+``kill -9`` of a pytest process leaves is killed by that process's backstop
+(``lab.processes.backstop``, started below, in every pytest process).
 """
 
 from __future__ import annotations
@@ -22,17 +27,21 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
 
+import lab
+from lab import experiments
+from lab.processes import RedisServer, WorkerProcess, backstop, free_port, lab_env  # noqa: F401 (re-exported)
+from lab.server import EmbeddedRedis
+
 import dramatiq
 import pytest
 import redis
 
-import lab
-from lab import experiments
-from lab.processes import RedisServer, WorkerProcess, free_port, lab_env  # noqa: F401 (re-exported for tests)
-from lab.server import EmbeddedRedis
-
 ROOT = experiments.ROOT
 IN_CI = os.environ.get("CI", "").lower() == "true"
+
+# Before any test starts a process, in the controller and in each xdist worker: every process
+# started from here on, by a fixture or by a test's own subprocess call, dies with this one.
+backstop()
 
 
 def need_redis_server() -> None:
@@ -46,11 +55,17 @@ def need_redis_server() -> None:
 
 
 @pytest.fixture(scope="session")
-def redis_server() -> Iterator[str]:
-    """A real redis-server on a free loopback port, persistence off; yields its URL."""
+def redis_server_process() -> Iterator[RedisServer]:
+    """A real redis-server on a free loopback port, persistence off, for the whole session."""
     need_redis_server()
     with RedisServer() as server:
-        yield server.url
+        yield server
+
+
+@pytest.fixture(scope="session")
+def redis_server(redis_server_process: RedisServer) -> str:
+    """The URL of the session's real redis-server."""
+    return redis_server_process.url
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ import importlib
 import json
 import logging
 import math
+import os
 import statistics
 from dataclasses import asdict
 from types import ModuleType, SimpleNamespace
@@ -19,7 +20,7 @@ from types import ModuleType, SimpleNamespace
 import lab
 from lab import experiments
 from lab.broker import make_client
-from lab.keys import key
+from lab.keys import key, purge_queue
 
 import dramatiq
 import pytest
@@ -190,19 +191,63 @@ def test_the_e05_variables_tune_the_brokers_recovery_and_a_bad_one_is_one_line_a
     assert line.endswith(": e05_heartbeat_timeout='2s' must be a whole number from 100 to 86400000")
 
 
-def test_sender_counts_sent_finished_twice_lost_and_resets(broker, e05, start_worker):
+def noted(e05, *messages) -> list:
+    """``messages``, noted as sent, as the sender's ``deposit`` notes them."""
+    e05.broker.client.hset(e05.key("sent"), mapping={m.message_id: m.args[0] for m in messages})
+    return list(messages)
+
+
+def test_count_tells_apart_not_finished_yet_dead_letters_and_lost(broker, e05, scene, start_worker):
+    # Given a deposit purged from e05 before any worker ran it, as `python -m lab purge e05` does
+    noted(e05, e05.deposit.send(1, 0))
+    purge_queue(broker, "e05")
+    # and a worker that ran a deposit, dead-lettered a declined one at once, and put another in e05.DQ for a retry
+    a_minute = {"min_backoff": 60_000, "max_backoff": 60_000}
+    finished, dead, retrying = noted(e05, e05.deposit.send(2, 0),
+                                     e05.deposit.send_with_options(args=(-3, 0), max_retries=0),
+                                     e05.deposit.send_with_options(args=(-4, 0), **a_minute))
+    worker = start_worker(threads=1)
+    assert lab.wait_until(lambda: broker.client.hlen(key(broker, "e05.DQ.msgs")) == 1
+                          and lab.dead_letters(broker, "e05"), timeout=5)
+    lab.stop_worker(worker)
+    # and then, with no worker: one deposit fetched by a worker that died, one queued, one delayed
+    in_flight = noted(e05, e05.deposit.send(5, 0))[0]
+    assert [m.message_id for m in scene.dies_holding(broker)] == [in_flight.message_id]
+    noted(e05, e05.deposit.send(6, 0), e05.deposit.send_with_options(args=(7, 0), delay=60_000))
+    # when I count
+    counted = CliRunner().invoke(e05.main, ["count"])
+    # then the purged one is the only one lost; the retry counts as not finished yet, found by its message id
+    # under the new redis id its retry got; the declined one is in the dead letters
+    delayed = [dramatiq.Message.decode(m) for m in broker.client.hvals(key(broker, "e05.DQ.msgs"))]
+    [retry] = [m for m in delayed if m.message_id == retrying.message_id]
+    assert retry.options["redis_message_id"] != retrying.options["redis_message_id"]
+    assert e05.counts() == {"sent": 7, "finished": 1, "not finished yet": 4, "dead letters": 1, "lost": 1,
+                            "ran twice": 0, "sum finished": 2, "counter": 2, "ledger": 2}
+    assert counted.exit_code == 0 and counted.output.splitlines()[:5] == [
+        "            sent  7", "        finished  1", "not finished yet  4", "    dead letters  1",
+        "            lost  1"]
+    assert [d.message.message_id for d in lab.dead_letters(broker, "e05")] == [dead.message_id]
+    assert broker.client.hkeys(e05.key("finished")) == [finished.message_id.encode()]
+
+
+def test_sender_counts_what_came_of_the_deposits_lists_the_pids_and_resets(broker, e05, start_worker):
+    # Given 3 deposits sent by the sender, run by a worker (in this process)
     runner = CliRunner()
     sent = runner.invoke(e05.main, ["deposit", "3", "--ms", "0"])
     assert sent.exit_code == 0 and sent.output == "sent 3 x deposit(1, 0)  queue=e05\n"
+    [ms] = [option for option in e05.deposit_command.params if option.name == "ms"]
+    assert ms.default == 2000  # a kill's window: 100 deposits on 8 threads take 25 s
     start_worker()
     broker.join("e05", timeout=5000)
+    # when I count, and reset, then every one finished, the worker's pid started 3, and all is forgotten
     counted = runner.invoke(e05.main, ["count", "--reset"])
     assert counted.exit_code == 0
     assert [line.split() for line in counted.output.splitlines()] == [
-        ["sent", "3"], ["finished", "3"], ["ran", "twice", "0"], ["lost", "0"], ["sum", "sent", "3"],
-        ["counter", "3"], ["ledger", "3"]]
-    assert e05.counts() == {"sent": 0, "finished": 0, "ran twice": 0, "lost": 0, "sum sent": 0, "counter": 0,
-                            "ledger": 0}
+        ["sent", "3"], ["finished", "3"], ["not", "finished", "yet", "0"], ["dead", "letters", "0"], ["lost", "0"],
+        ["ran", "twice", "0"], ["sum", "finished", "3"], ["counter", "3"], ["ledger", "3"],
+        ["starts", "by", "pid", f"{os.getpid()}:", "3"]]
+    assert e05.counts() == dict.fromkeys(["sent", "finished", "not finished yet", "dead letters", "lost", "ran twice",
+                                          "sum finished", "counter", "ledger"], 0)
 
 
 def test_sender_sends_poison_with_its_delivery_limit_and_no_worker_runs_it_here(broker, e05):
@@ -376,7 +421,8 @@ def test_100_deposits_through_3_kills_all_finish_and_each_one_running_at_a_kill_
     kills, counts = crashes.kills.kills, crashes.kills.counts
     assert [k.how for k in kills][1:] == ["SIGKILL a whole worker"] * 2
     # Nothing lost
-    assert (counts["sent"], counts["finished"], counts["lost"]) == (100, 100, 0)
+    assert (counts["sent"], counts["finished"], counts["not finished yet"], counts["dead letters"], counts["lost"]) == (
+        100, 100, 0, 0, 0)
     # and one start more for each deposit a dead worker had started and not acked: the 2 running in the
     # child, then what the 4-thread workers were running, 4 at most each
     running = [k.running for k in kills]
@@ -389,7 +435,7 @@ def test_100_deposits_through_3_kills_all_finish_and_each_one_running_at_a_kill_
 @pytest.mark.e2e
 def test_a_rerun_adds_to_the_counter_again_but_rewrites_the_same_ledger_entry(crashes):
     counts, reruns = crashes.kills.counts, crashes.kills.reruns
-    assert counts["ledger"] == counts["sum sent"] == 100
+    assert counts["ledger"] == counts["sum finished"] == 100
     assert reruns >= 3 and counts["counter"] == 100 + reruns
 
 

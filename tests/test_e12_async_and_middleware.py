@@ -436,7 +436,7 @@ def test_switch_sets_and_deletes_the_key_that_every_worker_reads(fake_e12):
     (["nap", "0"], "Invalid value for 'COUNT': 0 is not in the range 1<=x<=100."),
     (["report", "0"], "Invalid value for 'N': 0 is not in the range 1<=x<=1000."),
     (["switch", "off", "--name", "emails"], "Invalid value for '--name': 'emails' is not 'reports'."),
-    (["switch", "maybe"], "Invalid value for 'on|off': 'maybe' is not a valid boolean."),
+    (["switch", "maybe"], "Invalid value for 'on|off': 'maybe' is not one of 'on', 'off'."),
     (["switch"], "Missing argument 'on|off'."),
 ])
 def test_sender_rejects_bad_input_with_a_one_line_usage_error(fake_e12, args, says):

@@ -156,3 +156,12 @@ def test_canary_that_cannot_install_says_why_in_one_line_and_exits_3(tmp_path):
     assert result.exit_code == canary.EXIT_CANNOT_INSTALL == 3
     assert result.stderr.splitlines()[-1] == ("python -m lab: cannot install the newest releases from the package "
                                               "index: No matching distribution found for dramatiq")
+
+
+def test_canary_refuses_a_venv_inside_the_checkout_in_one_line():
+    # An empty --venv is the checkout itself: pytest and `dramatiq --watch .` would then read the venv's files
+    for inside in ["", "docs/canary-venv"]:
+        result = CliRunner().invoke(cli, ["canary", "--venv", inside], prog_name="python -m lab")
+        assert result.exit_code == 2, result.output
+        assert "outside the checkout" in result.output and len(result.output.strip().splitlines()) == 1
+    assert not (ROOT / "docs" / "canary-venv").exists() and not (ROOT / "pyvenv.cfg").exists()

@@ -3,13 +3,13 @@
 No Redis: these tests print runs built by hand (a StubBroker carries the recorder).
 """
 
-from dramatiq.brokers.stub import StubBroker
-from rich.console import Console
-
 from lab import experiments
 from lab.recorder import Recorder
 from lab.report import by_lesson, show
 from lab.scenario import Check, Run
+
+from dramatiq.brokers.stub import StubBroker
+from rich.console import Console
 
 LESSON_A = "An actor's priority only orders the messages that one worker has already fetched into memory."
 LESSON_B = "Within one priority, a worker runs the messages it holds first in, first out, since Dramatiq 2.2.0."

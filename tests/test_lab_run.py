@@ -7,18 +7,20 @@ import re
 import signal
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
+
+import lab
+from lab import experiments
+from lab.cli import cli
+from lab.failures import how_to_get_redis
+from lab.lessons import lesson_for
 
 import pytest
 import redis
 from click.testing import CliRunner, Result
 
-import lab
 from conftest import ROOT, RedisServer, free_port, lab_env, need_redis_server
-from lab import experiments
-from lab.cli import cli
-from lab.failures import how_to_get_redis
-from lab.lessons import lesson_for
 
 WITH_SCENARIO = [e.name for e in experiments.all_experiments() if e.has_scenario]
 
@@ -134,35 +136,98 @@ def test_unreachable_redis_is_one_line_and_exit_3():
     assert result.output.count("\n") == 1 and ":***@" in result.output and "hunter2" not in result.output
 
 
-def run_in_a_process(*args: str, url: str, log: Path) -> subprocess.Popen:
-    """``python -m lab run ARGS --redis URL --log`` with its stderr in the file ``log``."""
-    return subprocess.Popen([sys.executable, "-m", "lab", "run", *args, "--redis", url, "--log"], cwd=ROOT,
-                            env=lab_env(url), stdout=subprocess.DEVNULL, stderr=log.open("w"), text=True)
+@pytest.fixture
+def run_in_a_process(tmp_path: Path) -> Iterator[Callable[..., tuple[subprocess.Popen, Path]]]:
+    """Start ``python -m lab run ARGS --redis URL`` with its stderr in a file; the process and the file.
+    Whatever the test's outcome, the process is gone at teardown."""
+    started: list[subprocess.Popen] = []
+
+    def start(*args: str, url: str) -> tuple[subprocess.Popen, Path]:
+        stderr = tmp_path / f"stderr-{len(started)}"
+        with stderr.open("w") as sink:
+            started.append(subprocess.Popen([sys.executable, "-m", "lab", "run", *args, "--redis", url], cwd=ROOT,
+                                            env=lab_env(url), stdout=subprocess.DEVNULL, stderr=sink, text=True))
+        return started[-1], stderr
+
+    yield start
+    for process in started:
+        process.kill()
+        process.wait()
+
+
+CLEANUP_SKIPPED = r"cleanup skipped: Redis did not answer; the run's keys \(lab-run-[0-9a-f]{8}\*\) may remain"
 
 
 @pytest.mark.e2e
-def test_redis_dying_during_a_run_is_one_line_and_exit_3_and_the_cleanup_says_so(tmp_path):
+@pytest.mark.parametrize("log", [[], ["--log"]], ids=["quiet", "log"])
+def test_redis_dying_during_a_run_is_one_line_and_exit_3_and_the_cleanup_says_so(run_in_a_process, log):
     need_redis_server()
-    log = tmp_path / "stderr"
     with RedisServer() as server:
-        # Given a run of e03 (about 5 s) on a real Redis, when that Redis dies while its actor runs
-        run = run_in_a_process("e03", url=server.url, log=log)
-        assert lab.wait_until(lambda: "ms late" in log.read_text(), timeout=15), log.read_text()
+        # Given a run of e03 (about 5 s) on a real Redis, when that Redis dies while the run's worker holds
+        # delayed messages in memory (its consumer threads see it too, and one may be enqueueing a due one)
+        run, stderr = run_in_a_process("e03", *log, url=server.url)
+        client = redis.Redis.from_url(server.url)
+        holding = lambda: run.poll() is not None or client.keys("lab-run-*:__acks__.*.e03.DQ")  # noqa: E731
+        assert lab.wait_until(holding, timeout=30) and run.poll() is None, stderr.read_text()
+        client.close()
         server.stop(signal.SIGKILL)
-        assert run.wait(timeout=30) == lab.EXIT_UNREACHABLE, log.read_text()
-    # then the last lines say the cleanup was skipped, then that Redis cannot be reached; no traceback
-    lines = [line for line in log.read_text().splitlines() if line.startswith(("cleanup", "python -m lab"))]
-    assert lines[-2].startswith("cleanup skipped: Redis did not answer; the run's keys (lab-run-"), lines
-    assert lines[-1] == f"python -m lab: {how_to_get_redis(server.url)}"
-    assert "Traceback" not in log.read_text()
+        assert run.wait(timeout=30) == lab.EXIT_UNREACHABLE, stderr.read_text()
+    # then stderr is a note that the cleanup was skipped, then the one line; with --log, the worker's log
+    # comes first (what its threads saw, without a traceback)
+    text = stderr.read_text()
+    lines = text.splitlines()
+    assert len(lines) >= 2 and re.fullmatch(CLEANUP_SKIPPED, lines[-2]), text
+    assert lines[-1] == f"python -m lab: {how_to_get_redis(server.url)}", text
+    assert len(lines) == 2 or log, text
+    assert "Traceback" not in text and "Exception in thread" not in text, text
+
+
+WORKER_THREADS_LOSING_REDIS = """
+import logging, sys, threading
+import redis
+from lab.scenario import worker_log
+
+with worker_log(shown=sys.argv[1:] == ["--log"]):
+    lost = redis.ConnectionError("Error 111 connecting to 127.0.0.1:6399. Connection refused.")
+    try:
+        raise lost
+    except redis.ConnectionError:
+        logging.getLogger("dramatiq.worker.ConsumerThread(e03)").critical(
+            "Consumer encountered an unexpected error.", exc_info=True)
+
+    def fail(error):
+        raise error
+
+    for error in (lost, ValueError("a bug")):
+        thread = threading.Thread(target=fail, args=(error,), name=type(error).__name__)
+        thread.start()
+        thread.join()
+"""
+
+
+@pytest.mark.parametrize("log", [[], ["--log"]], ids=["quiet", "log"])
+def test_during_a_run_a_lost_redis_is_one_log_line_and_a_bug_keeps_its_traceback(log):
+    # Given what a run's worker threads do when Redis dies: Dramatiq's consumer logs a CRITICAL record with
+    # the ConnectionError's traceback, and a thread whose cleanup fails too dies of it
+    result = subprocess.run([sys.executable, "-c", WORKER_THREADS_LOSING_REDIS, *log], cwd=ROOT, env=lab_env(""),
+                            capture_output=True, text=True, timeout=30)
+    lines = result.stderr.splitlines()
+    bug = lines.index("Exception in thread ValueError:")
+    # then each is one line in the worker's log (--log), nothing otherwise; while a bug keeps its traceback
+    assert lines[:bug] == ([] if not log else [
+        "[MainThread] [dramatiq.worker.ConsumerThread(e03)] [CRITICAL] Consumer encountered an unexpected error. "
+        "(ConnectionError: Error 111 connecting to 127.0.0.1:6399. Connection refused.)",
+        "[ConnectionError] [lab] [WARNING] ConnectionError ended: ConnectionError: Error 111 connecting to "
+        "127.0.0.1:6399. Connection refused.",
+    ]), result.stderr
+    assert lines[bug + 1] == "Traceback (most recent call last):" and lines[-1] == "ValueError: a bug", result.stderr
 
 
 @pytest.mark.e2e
-def test_ctrl_c_during_a_run_exits_130_in_one_line(tmp_path):
-    log = tmp_path / "stderr"
-    run = run_in_a_process("e03", url=lab.MEMORY_URL, log=log)
-    assert lab.wait_until(lambda: "ms late" in log.read_text(), timeout=15), log.read_text()
+def test_ctrl_c_during_a_run_exits_130_in_one_line(run_in_a_process):
+    run, stderr = run_in_a_process("e03", "--log", url=lab.MEMORY_URL)
+    assert lab.wait_until(lambda: "ms late" in stderr.read_text(), timeout=15), stderr.read_text()
     run.send_signal(signal.SIGINT)
     assert run.wait(timeout=30) == lab.EXIT_INTERRUPTED == 130
-    assert log.read_text().splitlines()[-1] == "python -m lab: interrupted (Ctrl-C)"
-    assert "Traceback" not in log.read_text()
+    assert stderr.read_text().splitlines()[-1] == "python -m lab: interrupted (Ctrl-C)"
+    assert "Traceback" not in stderr.read_text()

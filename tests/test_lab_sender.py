@@ -6,9 +6,9 @@ import subprocess
 import sys
 import time
 
-import pytest
-
 from lab.processes import lab_env
+
+import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

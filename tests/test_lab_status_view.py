@@ -5,10 +5,10 @@ These tests need no Redis: they render snapshots built by hand, at a terminal's 
 
 import time
 
-from rich.console import Console
-
 from lab.keys import QueueCounts
 from lab.status import DeadLetterRow, Heartbeat, Snapshot, render
+
+from rich.console import Console
 
 
 def snapshot(busy: int, idle: int, workers: int, dead: int) -> Snapshot:

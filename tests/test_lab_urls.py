@@ -2,24 +2,48 @@
 
 from __future__ import annotations
 
-import pytest
-
 from lab.urls import BadUrl, check_url, mask_url, redact
+
+import pytest
 
 
 @pytest.mark.parametrize(("url", "masked"), [
     ("redis://:pw@127.0.0.1:6379/0", "redis://:***@127.0.0.1:6379/0"),
-    ("redis://user:pw@127.0.0.1:6379/0", "redis://user:***@127.0.0.1:6379/0"),
+    ("redis://user:pw@127.0.0.1:6379/0", "redis://***:***@127.0.0.1:6379/0"),  # the whole user part
+    ("redis://secretpw@127.0.0.1:1/0", "redis://***@127.0.0.1:1/0"),  # a password where the user name goes
+    ("redis://user:@127.0.0.1/0", "redis://***:@127.0.0.1/0"),
     ("redis://:pw@[::1]:6379/0", "redis://:***@[::1]:6379/0"),  # the brackets of an IPv6 address stay
+    ("redis://secretpw@[::1]:6379/0", "redis://***@[::1]:6379/0"),
+    ("redis://user:pw@[fe80::1%25eth0]:6379/0", "redis://***:***@[fe80::1%25eth0]:6379/0"),
     ("redis://:p@ss@host:6379/0", "redis://:***@host:6379/0"),  # an "@" in the password: the last one ends it
     ("redis://127.0.0.1:6379/0?password=pw", "redis://127.0.0.1:6379/0?password=***"),
     ("redis://h/0?socket_timeout=1&Password=pw&db=2", "redis://h/0?socket_timeout=1&Password=***&db=2"),
+    ("redis://h/0?username=secretpw", "redis://h/0?username=***"),  # redis-py reads it as the user part
     ("redis://:pw@[::1", "redis://:***@[::1"),  # even a URL that urllib refuses
-    ("redis://user@127.0.0.1/0", "redis://user@127.0.0.1/0"),  # a user name alone is not a secret
+    ("redis://secretpw@[::1", "redis://***@[::1"),
+    ("rediss://secretpw@host:6380", "rediss://***@host:6380"),
+    ("unix://secretpw@/tmp/redis.sock?db=1", "unix://***@/tmp/redis.sock?db=1"),
+    ("redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/0"),
     ("memory://", "memory://"),
 ])
-def test_mask_url_hides_every_password_and_keeps_the_rest(url, masked):
+def test_mask_url_hides_the_whole_user_part_and_the_query_credentials_and_keeps_the_rest(url, masked):
     assert mask_url(url) == masked
+
+
+@pytest.mark.parametrize("url", ["redis://secretpw@127.0.0.1:1/0", "redis://secretpw@[::1]:1/0",
+                                 "redis://secretpw@[::1", "redis://u:secretpw@h/0", "redis://:secretpw@h/0",
+                                 "redis://h/0?password=secretpw"])
+def test_no_form_of_a_url_lets_its_secret_through_mask_or_redact(url):
+    # Given a line that quotes the URL and the secret (a Redis error can echo what AUTH sent)
+    line = f"cannot reach Redis at {url}: AUTH secretpw failed"
+    # then neither the masked URL nor the redacted line shows it
+    assert "secretpw" not in mask_url(url) and "secretpw" not in redact(line, url)
+
+
+def test_redact_keeps_a_user_name_that_has_a_password_after_it():
+    # A user name is not a secret when a password follows it: "default" stays a word
+    url = "redis://default:pw@h/0"
+    assert redact("the default user refused pw", url) == "the default user refused ***"
 
 
 def test_redact_removes_a_password_from_any_text_that_quotes_it():
