@@ -1,16 +1,19 @@
 """Experiment 10: throughput and latency
 
-Goal: measure how fast Dramatiq moves messages on your machine, next to the ceiling your Redis allows, and why.
+Goal: measure how fast Dramatiq moves messages on your machine, next to the limits it is up against, and why.
 
 Run it (against redis-server: `redis-server --port 6390 --save ''` and DRAMATIQ_REDIS_URL=redis://127.0.0.1:6390/0):
 
-    python e10_throughput.py            # the whole report, under 60 s: ceiling, enqueue, drains, latency
-    python e10_throughput.py --quick    # about 15 s: two setups, smaller batches
+    python e10_throughput.py            # the whole report, about 7 minutes with the peers installed
+    python e10_throughput.py --quick    # about a minute (two with the peers): two setups, smaller batches
     python e10_throughput.py --json     # the same report for scripts
     python e10_throughput.py --rst      # and the table README.rst shows, ready to paste
     dramatiq e10_throughput             # its actors, for your own measurements
 
 It starts its own `dramatiq` workers, in a namespace of its own, and deletes its keys when done.
+With RQ, Huey and Celery installed (pip install -r benchmarks/requirements-peers.txt) it runs the
+same jobs with them too, on the same Redis. This file keeps the actors; benchmarks/ measures, and
+never imports this file (the workers import it by name).
 On memory:// (or `python -m lab serve`) it runs on the embedded fakeredis server: not Redis figures.
 """
 
@@ -20,11 +23,11 @@ import threading
 import time
 from collections import Counter, defaultdict
 
+import lab
+
 import click
 import dramatiq
 from dramatiq.middleware import CurrentMessage, Middleware
-
-import lab
 
 broker = lab.setup_broker()
 
@@ -96,22 +99,25 @@ def burns_cpu(batch: str, loops: int = 20_000) -> None:
 
 
 @dramatiq.actor(queue_name=QUEUE)
-def notes_its_latency(batch: str, ms: int = 0) -> None:
-    """Notes how long after its send it started (now minus message_timestamp, the sender's clock), then sleeps."""
-    message = CurrentMessage.get_current_message()
-    tally.start(batch, latency_ms=time.time() * 1000 - message.message_timestamp)
+def notes_its_latency(batch: str, ms: int = 0, due_us: int | None = None) -> None:
+    """Notes how long after it was due it started, then sleeps. ``due_us``: when the sender meant to send it
+    (microseconds, the sender's clock); without it, message_timestamp (when it was built, whole ms)."""
+    if due_us is None:
+        due_us = CurrentMessage.get_current_message().message_timestamp * 1000
+    tally.start(batch, latency_ms=(time.time() * 1_000_000 - due_us) / 1000)
     time.sleep(ms / 1000)
 
 
 @click.command(cls=lab.Command, epilog=lab.EXIT_CODES_HELP + " 1: a count did not add up (the report says which).")
-@click.option("--quick", is_flag=True, help="About 15 s: two setups, smaller batches.")
-@click.option("--runs", type=click.IntRange(3, 10), default=3, show_default=True,
-              help="Repetitions of every figure (median and range).")
+@click.option("--quick", is_flag=True, help="About a minute: two setups, smaller batches.")
+@click.option("--runs", type=click.IntRange(5, 20), default=5, show_default=True,
+              help="Repetitions of every figure, alternating limit and drain (median, range, interval).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead (progress goes to stderr).")
 @click.option("--rst", "as_rst", is_flag=True, help="Print README.rst's table of this run instead (reStructuredText).")
 def main(quick: bool, runs: int, as_json: bool, as_rst: bool) -> None:
-    """Measure throughput and latency on the Redis at $DRAMATIQ_REDIS_URL: the raw ceiling, enqueue,
-    drains over processes x threads, latency from send to start, and pick-up after idle. It starts
+    """Measure throughput and latency on the Redis at $DRAMATIQ_REDIS_URL: redis-benchmark and Dramatiq's
+    protocol limit at each setup's concurrency, drains over processes x threads, enqueue, end to end,
+    latency from due time to start, pick-up after idle, and RQ, Huey and Celery if installed. It starts
     its own `dramatiq` workers; stop yours first, on a small machine they compete."""
     if as_json and as_rst:
         raise click.UsageError("--json and --rst each print the whole report: choose one.")

@@ -1,6 +1,7 @@
-"""Experiment 10's report, for people: rich tables and a bar chart, the README's reST table, or JSON.
+"""Experiment 10's report, for people: rich tables, the README's reST tables, or JSON.
 
 Everything here reads the report dict that ``benchmarks/e10_bench.py`` returns; nothing measures.
+``python benchmarks/e10_report.py saved.json [--rst]`` shows a saved ``--json`` report again.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-from rich.bar import Bar
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -22,7 +22,7 @@ if str(ROOT) not in sys.path:  # run as a script, benchmarks/ comes first on the
 
 from lab import stats  # noqa: E402
 
-ACTORS = {"noop": "does_nothing", "io": "waits_on_io", "cpu": "burns_cpu"}
+Tables = list[tuple[str, tuple[str, ...], list[tuple[str, ...]]]]  # (title, header, rows)
 
 
 def rate(value: float) -> str:
@@ -34,8 +34,9 @@ def span(fig: dict[str, Any] | None, fmt: str = "{:,.0f}") -> str:
     return "n/a" if fig is None else stats.span([fig["min"], fig["max"]], fmt)
 
 
-def ms(fig: dict[str, Any] | None, digits: int = 1) -> str:
-    return "n/a" if fig is None else f"{fig['median']:.{digits}f}"
+def med(fig: dict[str, Any] | None, fmt: str = "{:,.0f}") -> str:
+    """A figure as "median (low-high)"."""
+    return "n/a" if fig is None else f"{fmt.format(fig['median'])} ({span(fig, fmt)})"
 
 
 def conditions_line(report: dict[str, Any]) -> str:
@@ -43,47 +44,76 @@ def conditions_line(report: dict[str, Any]) -> str:
     load = c.get("load_average") or []
     load = f", load average {load[0]:.1f} at the start and {load[-1]:.1f} at the end" if load else ""
     return (f"{c['server']} at {c['url']}; Python {c['python']}, Dramatiq {c['dramatiq']}, redis-py {c['redis_py']}, "
-            f"{c['cores']} cores{load}; every figure a median and its range over {report['runs']} runs "
-            f"({report['plan']} plan, {report['elapsed_s']:.0f} s in all)")
+            f"{c['cores']} cores{load}; every figure a median and its range over {report['runs']} runs, "
+            f"limits and drains alternating ({report['plan']} plan, {report['elapsed_s']:.0f} s in all)")
 
 
-def rows(report: dict[str, Any]) -> list[tuple[str, str, str, str]]:
-    """(figure, median, range, fraction of the single-client ceiling) for every figure of the report."""
-    ceiling = report["ceiling"]["single"]["median"]
-
-    def of(value: float) -> str:
-        return f"{value / ceiling:.0%}"
-
-    runs = len(report["ceiling"]["single"]["runs"])
-    out = [(f"Raw ceiling, 1 client, LPUSH+RPOP pairs/s ({runs} runs: start, end)", rate(ceiling),
-            span(report["ceiling"]["single"]), "100%"),
-           ("Raw ceiling, 1 client, pipelined, 100 pairs per round trip",
-            rate(report["ceiling"]["pipelined"]["median"]), span(report["ceiling"]["pipelined"]),
-            of(report["ceiling"]["pipelined"]["median"]))]
+def tables(report: dict[str, Any]) -> Tables:
+    """Every figure of the report, as three tables: Redis's limit, drains against the protocol limit, the rest."""
+    out: Tables = []
+    benchmarked = [m for m in report["limits"] if m["redis_benchmark"].get("available")]
+    if benchmarked:
+        names = [k for k, v in benchmarked[0]["redis_benchmark"].items() if isinstance(v, dict)]
+        seen, body = set(), []
+        for m in benchmarked:
+            if m["clients"] in seen:
+                continue
+            seen.add(m["clients"])
+            rb = m["redis_benchmark"]
+            body.append((str(m["clients"]), *(f"{rate(rb[n]['single']['median'])} / "
+                                               f"{rate(rb[n]['pipelined']['median'])}"
+                                               for n in names)))
+        out.append(("redis-benchmark on the same server, requests/s, one at a time / 16 per round trip "
+                    "(clients: a consumer and its threads per worker process)", ("clients", *names), body))
+    body = []
+    for m in report["limits"]:
+        drain = next(r for r in report["processing"] if r["config"] == m["config"] and r["kind"] == "noop")
+        body.append((m["config"], str(m["prefetch"]), med(m["rate"]), med(drain["rate"]),
+                     med(m["of_limit"], "{:.0%}"), f"{drain['cpu_ms_per_message']['median']:.3f}",
+                     f"{m['cpu_ms_per_message']['median']:.3f}",
+                     "n/a" if drain["server_cpu_ms_per_message"] is None
+                     else f"{drain['server_cpu_ms_per_message']['median']:.3f}",
+                     f"{drain['bench_core_share']['median']:.1%}"))
+    out.append(("does_nothing drained by the workers, against Dramatiq's protocol limit at the same processes, "
+                "threads and prefetch (the dispatch script driven with no actor and no worker); msg/s; CPU ms a "
+                "message", ("setup", "prefetch", "limit", "drain", "drain / limit", "CPU workers", "CPU drivers",
+                            "CPU redis", "bench, of a core"), body))
+    body = []
     one, many = report["enqueue"]["one_sender"], report["enqueue"].get("senders")
-    out.append(("Enqueue, send() from 1 process, msg/s", rate(one["rate"]["median"]), span(one["rate"]),
-                of(one["rate"]["median"])))
+    body.append(("Enqueue, send() from 1 process, msg/s", med(one["rate"])))
     if many:
-        out.append((f"Enqueue, send() from {many['processes']} processes together, msg/s",
-                    rate(many["rate"]["median"]), span(many["rate"]), of(many["rate"]["median"])))
-    for row in report["processing"]:
-        prefetch = f"prefetch {row['prefetch']}" + ("" if row["prefetch_set"] else " (default)")
-        out.append((f"Drain, {row['processes']}×{row['threads']}, {prefetch}, {row['actor']}, msg/s",
-                    rate(row["rate"]["median"]), span(row["rate"]), of(row["rate"]["median"])))
-    latency = report["latency"]
+        body.append((f"Enqueue, send() from {many['processes']} processes together, msg/s", med(many["rate"])))
+    e2e = report.get("end_to_end")
+    if e2e:
+        body.append((f"End to end, {e2e['messages']:,} no-ops sent by {e2e['senders']} processes while {e2e['config']} "
+                     "drains, first send to last ack, msg/s", med(e2e["rate"])))
+    for r in report["processing"]:
+        if r["kind"] != "noop":
+            body.append((f"Drain, {r['config']}, {r['actor']}, msg/s", med(r["rate"])))
     for load, name in (("light", "light load"), ("saturated", "near saturation")):
-        info = latency.get(load)
-        if info is None:
-            continue
-        for p in (50, 95, 99):
-            out.append((f"Latency p{p}, {name} ({rate(info['achieved_rate']['median'])} msg/s, "
-                        f"{info['actor_ms']} ms actor), ms",
-                        ms(info[f"p{p}"]), span(info[f"p{p}"], "{:.1f}"), ""))
+        info = report["latency"].get(load)
+        if info:
+            for p in (50, 95, 99):
+                body.append((f"Latency p{p}, {name} ({rate(info['achieved_rate']['median'])} msg/s, {info['actor_ms']} "
+                             f"ms actor, {info['samples']} samples), ms", med(info[f"p{p}"], "{:.1f}")))
     for key in ("idle_1000", "idle_100"):
-        info = latency.get(key)
-        if info is not None:
-            out.append((f"First message after idle, worker_timeout {info['worker_timeout']} ms "
-                        f"({info['samples']} samples), ms", ms(info["ms"], 0), span(info["ms"]), ""))
+        info = report["latency"].get(key)
+        if info:
+            body.append((f"First message after idle, worker_timeout {info['worker_timeout']} ms "
+                         f"({info['samples']} samples), ms", med(info["ms"])))
+    out.append(("Enqueue, end to end, the other actors, latency (due time to actor start)",
+                ("figure", "median (range)"), body))
+    peers = report.get("peers") or {}
+    if peers.get("available"):
+        limit = peers.get("redis_limit")
+        body = [(f"{r['library']} {r['version']}", r["kind"] + (f" {r['ms']} ms" if r["ms"] else ""), med(r["rate"]),
+                 f"{r['of_redis']:.1%}" if "of_redis" in r else "n/a", med(r["enqueue"]),
+                 f"{r['cpu_ms_per_job']['median']:.2f}", f"{r['commands_per_job']['median']:.1f}",
+                 "yes" if r["ran_once"] else "NO") for r in peers["rows"]]
+        out.append(("The same jobs on the same Redis, Dramatiq beside RQ, Huey and Celery, 2 processes x 8 threads "
+                    f"(RQ: 2 processes, a fork per job); jobs/s; of {limit['what'] if limit else 'the Redis limit'}",
+                    ("library", "job", "drain", "of Redis", "enqueue", "CPU ms a job", "Redis commands a job",
+                     "each ran once"), body))
     return out
 
 
@@ -114,8 +144,6 @@ def trap_text(report: dict[str, Any]) -> list[str]:
     if eight is not None:
         lines.append(f"8 threads (prefetch {eight['prefetch']}) meet the same wall at {eight['prefetch']} / "
                      f"{trap['sleep_ms']:.1f} ms = {rate(eight['bound'])} msg/s; measured {rate(eight['rate'])}.")
-    lines.append("Set dramatiq_queue_prefetch to at least what one worker process runs in 10 ms (64 covers "
-                 "6,400 msg/s per process), or run more threads.")
     return lines
 
 
@@ -123,11 +151,10 @@ def recommended_text(report: dict[str, Any]) -> str:
     rec = report["recommended"]
     if not rec:
         return ""
-    verdict = "reaches" if rec["met"] else "does NOT reach"
-    text = (f"Recommended here: {rec['processes']} processes x {rec['threads']} threads, "
-            f"dramatiq_queue_prefetch={rec['prefetch']}: {rate(rec['rate'])} msg/s, {rec['of_ceiling']:.0%} of the "
-            f"single-client ceiling ({rate(rec['ceiling'])} pairs/s); it {verdict} the {rec['target']:.0%} goal.")
-    return text + (f" Why: {rec['why']}." if rec["why"] else "")
+    return (f"Recommended here: {rec['processes']} x {rec['threads']} (processes x threads), "
+            f"dramatiq_queue_prefetch={rec['prefetch']}: {rate(rec['rate'])} msg/s, {rec['of_limit']:.0%} of "
+            f"Dramatiq's protocol limit at the same concurrency ({rate(rec['limit'])} msg/s). Where the rest goes: "
+            f"{rec['why']}.")
 
 
 def consistency_text(report: dict[str, Any]) -> str:
@@ -140,63 +167,53 @@ def consistency_text(report: dict[str, Any]) -> str:
     return "Consistency: NOT OK: " + "; ".join(c["problems"])
 
 
+def peers_text(report: dict[str, Any]) -> list[str]:
+    peers = report.get("peers")
+    if not peers:
+        return []
+    return [peers["note"]] if peers.get("note") else []
+
+
 def show_rich(report: dict[str, Any], out: Console) -> None:
     out.rule("Experiment 10: throughput and latency")
     out.print(escape(conditions_line(report)))
     if report["conditions"]["note"]:
         out.print(f"[bold red]{escape(report['conditions']['note'])}[/]")
-    table = Table("figure", "median", "range", "of ceiling", box=None, title="Measured")
-    for name, median, low_high, of in rows(report):
-        table.add_row(escape(name), median, low_high, of)
-    out.print(table)
-
-    chart = Table("", "", "msg/s", box=None, title="Drains, msg/s, beside the single-client ceiling (pairs/s)")
-    ceiling = report["ceiling"]["single"]["median"]
-    bars = [("raw ceiling, 1 client", ceiling, "cyan")]
-    bars += [(f"{r['config']}, {r['actor']}", r["rate"]["median"], "green" if r["kind"] == "noop" else "yellow")
-             for r in report["processing"]]
-    top = max(value for _, value, _ in bars)
-    for label, value, colour in bars:
-        chart.add_row(escape(label), Bar(top, 0, value, width=40, color=colour), rate(value))
-    out.print(chart)
-
-    latency = Table("latency, ms (send to actor start)", "rate, msg/s", "p50", "p95", "p99", box=None)
-    for load, name in (("light", "light load"), ("saturated", "near saturation")):
-        info = report["latency"].get(load)
-        if info:
-            latency.add_row(f"{name} ({info['senders']} sender process(es))",
-                            f"{rate(info['offered_rate'])} offered, {rate(info['achieved_rate']['median'])} sent",
-                            *(f"{ms(info[f'p{p}'])} ({span(info[f'p{p}'], '{:.1f}')})" for p in (50, 95, 99)))
-    for key in ("idle_1000", "idle_100"):
-        info = report["latency"].get(key)
-        if info:
-            latency.add_row(f"first after idle, worker_timeout {info['worker_timeout']}", f"{info['samples']} samples",
-                            f"{ms(info['ms'], 0)} ({span(info['ms'])})", "", "")
-    out.print(latency)
+    for title, header, body in tables(report):
+        table = Table(*header, box=None, title=escape(title), title_justify="left")
+        for cells in body:
+            table.add_row(*map(escape, cells))
+        out.print(table)
     out.print("[bold]The 1-thread trap[/]")
     for line in trap_text(report):
         out.print(f"  {escape(line)}")
     out.print(escape(recommended_text(report)))
+    for line in peers_text(report):
+        out.print(escape(line))
     colour = "green" if report["consistency"]["ok"] else "red"
     out.print(f"[{colour}]{escape(consistency_text(report))}[/]")
 
 
-def rst(report: dict[str, Any]) -> str:
-    """README.rst's table of this run, with its conditions: paste it over the old one."""
-    header = ("figure", "median", f"range, {report['runs']} runs", "of ceiling")
-    body = rows(report)
-    widths = [max(len(r[i]) for r in (header, *body)) for i in range(4)]
+def rst_table(header: tuple[str, ...], body: list[tuple[str, ...]]) -> list[str]:
+    widths = [max(len(r[i]) for r in (header, *body)) for i in range(len(header))]
     rule = "  ".join("=" * w for w in widths)
 
     def line(cells: tuple[str, ...]) -> str:
         return "  ".join(cell.ljust(w) for cell, w in zip(cells, widths, strict=True)).rstrip()
 
+    return [rule, line(header), rule, *(line(r) for r in body), rule]
+
+
+def rst(report: dict[str, Any]) -> str:
+    """README.rst's tables of this run, with its conditions: paste them over the old ones."""
     note = report["conditions"]["note"]
     lines = textwrap.wrap(f"Measured by ``python e10_throughput.py --rst``: {conditions_line(report)}.", 78)
     if note:
         lines += ["", *textwrap.wrap(f"**{note}**", 78)]
-    lines += ["", rule, line(header), rule, *(line(r) for r in body), rule, "", "From the same run:", ""]
-    for text in (*trap_text(report), recommended_text(report), consistency_text(report)):
+    for title, header, body in tables(report):
+        lines += ["", *textwrap.wrap(title + ":", 78), "", *rst_table(header, body)]
+    lines += ["", "From the same run:", ""]
+    for text in (*trap_text(report), recommended_text(report), *peers_text(report), consistency_text(report)):
         lines += textwrap.wrap(text, 76, initial_indent="- ", subsequent_indent="  ")
     return "\n".join(lines)
 

@@ -7,13 +7,16 @@ of the benchmark, with real `dramatiq` processes on redis-server, loses nothing 
 
 from __future__ import annotations
 
+import ast
 import fcntl
+import importlib.util
 import json
 import os
 import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import lab
@@ -29,8 +32,10 @@ import redis
 from click.testing import CliRunner
 from dramatiq.brokers.stub import StubBroker
 
-from benchmarks import e10_bench
+from benchmarks import e10_bench, e10_ceilings, e10_common, e10_peers, e10_senders
 from conftest import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
 
 NAMESPACE = "e10-test"
 
@@ -110,18 +115,132 @@ def test_a_tiny_run_stops_every_worker_process_with_exit_code_0(tiny):
 @pytest.mark.e2e
 def test_the_report_has_every_field(tiny):
     assert e10_bench.missing_fields(tiny) == []
-    # every figure is a median with its range over the runs (the ceiling's: 3 at the start, 3 at the end)
-    assert len(tiny["ceiling"]["single"]["runs"]) == 6
     rates = [row["rate"] for row in tiny["processing"]]
     assert [(row["config"], row["kind"]) for row in tiny["processing"]] == [
         ("1×1", "noop"), ("1×2, prefetch 8", "noop"), ("1×2, prefetch 8", "io"), ("1×2, prefetch 8", "cpu")]
+    # every figure is a median with its range over the runs
     assert all(len(r["runs"]) == 3 and r["min"] <= r["median"] <= r["max"] for r in rates), rates
     for load in ("light", "saturated"):
         assert [tiny["latency"][load][f"p{p}"]["median"] > 0 for p in (50, 95, 99)] == [True] * 3
+        assert tiny["latency"][load]["samples"] >= 3 * 5
     assert [tiny["latency"][f"idle_{t}"]["samples"] for t in (1000, 100)] == [3, 3]
     # redis-server adds what only it can tell: Lua calls and its own CPU per message
     assert all(row["dispatch_per_message"]["median"] >= 1 for row in tiny["processing"])
     assert tiny["conditions"]["real_redis"] is True and tiny["conditions"]["note"] == ""
+
+
+@pytest.mark.e2e
+def test_each_no_op_drain_is_a_fraction_of_the_dispatch_limit_measured_beside_it(tiny):
+    limits = {m["config"]: m for m in tiny["limits"]}
+    # Given each setup's limit, measured at its own processes, threads and prefetch, once before each drain
+    assert [(m["processes"], m["threads"], m["prefetch"], m["clients"]) for m in limits.values()] == [
+        (1, 1, 2, 2), (1, 2, 8, 3)]
+    for row in (r for r in tiny["processing"] if r["kind"] == "noop"):
+        limit = limits[row["config"]]
+        # then the drain's fraction is run by run, each drain over the limit measured just before it
+        ratios = [d / m for d, m in zip(row["rate"]["runs"], limit["rate"]["runs"], strict=True)]
+        assert row["of_limit"]["runs"] == ratios and len(ratios) == 3
+        # and redis-benchmark ran at the same clients, for the commands a message costs
+        assert limit["redis_benchmark"]["clients"] == limit["clients"]
+        assert {"LPUSH", "RPOP", "dispatch enqueue", "dispatch ack"} <= set(limit["redis_benchmark"])
+        # and the CPU a message cost is known for the workers, the drivers, redis-server and the bench
+        assert [f in row and f in limit for f in ("cpu_ms_per_message", "server_cpu_ms_per_message",
+                                                  "bench_core_share")] == [True] * 3
+    assert tiny["end_to_end"]["messages"] == 2 * 20 and len(tiny["end_to_end"]["rate"]["runs"]) == 3
+
+
+def test_the_dispatch_limit_is_dramatiqs_own_fetch_and_ack_with_no_worker(load, broker, sleeps, monkeypatch):
+    e10 = load("e10")
+    dispatch, commands, held, lock = broker.scripts["dispatch"], [], [0], threading.Lock()
+
+    def counting(keys=None, args=None, client=None):
+        result = dispatch(keys=keys, args=args, client=client)
+        with lock:  # how many fetched and not yet acked, after each call
+            held[0] += len(result) if args[0] == "fetch" else -1
+            commands.append((args[0], len(result) if args[0] == "fetch" else 1, held[0]))
+        return result
+
+    # Given 20 messages sent as the actor would send them
+    for _ in range(20):
+        e10.does_nothing.send("limit")
+    monkeypatch.setitem(broker.scripts, "dispatch", counting)
+    # when the limit's driver drains them with prefetch 4 and 2 acking threads, and no worker
+    e10_ceilings.drive(broker, prefetch=4, threads=2)
+    fetched = [n for command, n, _ in commands if command == "fetch"]
+    # then it made Dramatiq's own dispatch calls: fetches of at most the prefetch, one ack per message
+    assert [c for c, _, _ in commands].count("ack") == 20 and sum(fetched) == 20
+    # and, as a consumer, it never held more than its prefetch unacked
+    assert max(h for _, _, h in commands) == 4
+    assert fetched[0] == 4 and max(fetched) <= 4  # the first took the whole prefetch, none took more
+    assert fetched[-1] == 0  # and the last found the queue empty: the drive's end
+    # and it never slept: where a consumer holding its prefetch sleeps 5-9 ms, the driver waits for an ack
+    assert sleeps == []
+    assert broker.client.hlen(key(broker, f"{e10.QUEUE}.msgs")) == 0
+
+
+def test_latency_counts_from_when_the_message_was_due_in_microseconds(load, monkeypatch):
+    e10 = load("e10")
+    # Given a sender paced at 1,000 messages a second that stalls 20 ms on its first send
+    due: list[int] = []
+
+    def send(due_us: int) -> None:
+        due.append(due_us)
+        if len(due) == 1:
+            time.sleep(0.02)
+
+    e10_senders.pace(send, rate=1000, seconds=0.005)
+    # then each message is due 1,000 µs after the one before, whenever it was actually sent
+    assert [b - a for a, b in zip(due, due[1:], strict=False)] == [1000] * 4
+    # and the actor counts its latency from that due time, to the microsecond: 12.345 ms, not 12
+    monkeypatch.setattr(e10.time, "time", lambda: 1_000.012_345)
+    e10.notes_its_latency.fn("due", 0, 1_000_000_000)
+    assert e10.tally.latencies["due"] == [pytest.approx(12.345)]
+
+
+def test_a_median_of_5_runs_comes_with_its_range_as_a_94_percent_interval():
+    runs = [5.0, 1.0, 4.0, 2.0, 3.0]
+    assert e10_common.figure(runs)["interval"] == {"low": 1.0, "high": 5.0, "confidence": 0.938}
+    # from 8 runs, the second lowest to the second highest: still at least 90 %
+    assert e10_common.median_interval([float(v) for v in range(8)]) == {"low": 1.0, "high": 6.0, "confidence": 0.93}
+    assert e10_common.median_interval([1.0, 2.0, 3.0]) is None
+
+
+def test_the_bench_never_imports_the_experiment_and_each_room_stays_small():
+    imports = {}
+    for path in sorted((ROOT / "benchmarks").glob("*.py")):
+        tree = ast.parse(path.read_text())
+        imports[path.name] = {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)} | {
+            a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        assert len(path.read_text().splitlines()) <= 300, path.name
+    # one direction: e10_throughput imports the bench, never the other way round (the workers import it by name)
+    assert [name for name, found in imports.items() if "e10_throughput" in found] == []
+    # and the rooms import the common room, never the run that calls them
+    assert [name for name, found in imports.items() if "benchmarks.e10_bench" in found] == []
+
+
+@pytest.mark.e2e
+@pytest.mark.skipif(bool(e10_peers.missing()), reason=f"the peers are not installed ({e10_peers.INSTALL})")
+def test_every_job_of_every_library_ran_exactly_once(redis_server):
+    # Given 100 no-op jobs for each of Dramatiq, RQ, Huey and Celery, on the same redis-server
+    ledger, client = e10_common.Ledger(), redis.Redis.from_url(redis_server)
+    peers = e10_peers.compare(redis_server, "e10-test-peers", 1, {"noop": 100}, 1, client, ledger)
+    # then each library ran each of its jobs once: no job lost, none run twice
+    assert [(r["library"], r["jobs"], r["ran_once"]) for r in peers["rows"]] == [
+        (library, 100, True) for library in ("dramatiq", "rq", "huey", "celery")]
+    assert ledger.problems == []
+    assert list(client.scan_iter("e10-test-peers*")) == []
+    assert [q for q in client.smembers("rq:queues") if b"e10-test-peers" in q] == []
+    client.close()
+
+
+def test_without_the_peers_the_report_says_what_to_install(monkeypatch):
+    # Given a machine where Huey is not installed
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "huey" else real(name))
+    # then the comparison is skipped, and the report names the one command that installs the peers
+    peers = e10_peers.compare("redis://unused", "e10", 1, {"noop": 1}, 1, None, e10_common.Ledger())
+    assert peers["available"] is False and "huey" in peers["missing"]
+    assert "pip install -r benchmarks/requirements-peers.txt" in peers["note"]
 
 
 # -- prefetch, and the consumer's sleeps: the 1-thread trap ----------------------------------------
@@ -322,11 +441,11 @@ def test_fakeredis_hello_without_a_version_breaks_the_next_nil_reply_on_its_conn
 
 
 @pytest.mark.parametrize(("args", "says"), [
-    (["--runs", "2"], "Invalid value for '--runs': 2 is not in the range 3<=x<=10."),
+    (["--runs", "4"], "Invalid value for '--runs': 4 is not in the range 5<=x<=20."),
     (["--runs", "many"], "Invalid value for '--runs': 'many' is not a valid integer range."),
     (["--json", "--rst"], "--json and --rst each print the whole report: choose one."),
     (["--bogus"], "No such option '--bogus'."),
-], ids=["runs-2", "runs-not-a-number", "json-and-rst", "unknown-option"])
+], ids=["runs-4", "runs-not-a-number", "json-and-rst", "unknown-option"])
 def test_bad_options_are_one_line_usage_errors(load, args, says):
     e10 = load("e10")
     result = CliRunner().invoke(e10.main, args)

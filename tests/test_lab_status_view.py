@@ -36,8 +36,9 @@ def test_status_watch_at_80x24_keeps_the_workers_and_dead_letters_on_screen_with
     shown = screen(render(state, (80, 23)))
 
     # Then it fits, the idle queues are one line, and the workers and the dead letters are there
-    assert len(shown) <= 23, "\n".join(shown)
+    assert len(shown) == 23, "\n".join(shown)  # fits, and what the queues leave goes to workers and dead letters
     assert max(map(len, shown)) <= 80
+    assert all(f"busy{i:02d}" in "\n".join(shown) for i in range(5))
     assert [line for line in shown if "idle queue(s)" in line] == [
         next(line for line in shown if line.startswith("12 idle queue(s): idle00, idle01"))]
     assert "Alive: 5" in "\n".join(shown) and "worker-0" in "\n".join(shown)
