@@ -33,8 +33,8 @@ RETRIES = dict(max_retries=3, min_backoff=1000, max_backoff=8000)
 def retries_exhausted(message: dict, retry_info: dict) -> None:
     """Sent by Retries (on_retry_exhausted=) when a message has used up its retries."""
     retries_exhausted.logger.warning(
-        "gave up on %s%s after %d retries; it is in %s.XQ now",
-        message["actor_name"], tuple(message["args"]), retry_info["retries"], QUEUE,
+        "gave up on %s(%s) after %d retries; it is in %s.XQ now",
+        message["actor_name"], ", ".join(map(repr, message["args"])), retry_info["retries"], QUEUE,
     )
 
 
@@ -104,7 +104,8 @@ def dead_letters() -> None:
     letters = lab.dead_letters(broker, QUEUE)
     click.echo(f"{len(letters)} dead letter(s) in {QUEUE}.XQ")
     for letter in letters:
-        click.echo(f"  {letter.message.actor_name}{tuple(letter.message.args)}  id={letter.message.message_id}")
+        click.echo(f"  {letter.message.actor_name}({', '.join(map(repr, letter.message.args))})  "
+                   f"id={letter.message.message_id}")
 
 
 if __name__ == "__main__":

@@ -19,10 +19,10 @@ def scenario(run: lab.Run) -> None:
     )
 
     enqueued, attempted = len(run.enqueues()), len(run.attempts())
-    e01.count_to(2)  # a plain call: had it gone through the broker, the recorder would have seen it
+    e01.count_to(3)  # a plain call: had it gone through the broker, the recorder would have seen it
     run.check(
         "test_an_actor_is_still_a_function",
         len(run.enqueues()) == enqueued and len(run.attempts()) == attempted,
-        f"count_to(2) ran in the caller: {len(run.enqueues()) - enqueued} message(s) enqueued, "
+        f"count_to(3) ran in the caller: {len(run.enqueues()) - enqueued} message(s) enqueued, "
         f"{len(run.attempts()) - attempted} worker attempt(s)",
     )

@@ -207,7 +207,7 @@ def test_worker_cli_retries_dead_letters_and_stops_cleanly(real_redis_url, drama
                   "--min-backoff", "100", url=real_redis_url)
     assert sent.returncode == 0 and sent.stdout.startswith("sent unhandled(17)")
     worker.wait_for(r"handled\] \[INFO\] ok 3")
-    output = worker.wait_for(r"gave up on unhandled\(17,\) after 1 retries")
+    output = worker.wait_for(r"gave up on unhandled\(17\) after 1 retries")
     assert "attempt 2" in output and "Retrying message" in output
     letters = sender("e02_error_handling.py", "dead-letters", url=real_redis_url)
     assert letters.stdout.startswith("1 dead letter(s) in e02.XQ")
