@@ -164,10 +164,11 @@ MUTATIONS = [
     dict(name="e10-waits-on-io-holds-the-gil",
          lesson="Threads help an actor that waits",
          edits=[(E10, "    tally.start(batch)\n    time.sleep(ms / 1000)\n\n\n@dramatiq.actor(queue_name=QUEUE)\ndef burns_cpu",
-                 "    tally.start(batch)\n    end = time.perf_counter() + ms / 1000\n"
-                 "    while time.perf_counter() < end:\n        pass\n\n\n"
+                 "    tally.start(batch)\n    for _ in range(ms * 40_000):\n        pass\n\n\n"
                  "@dramatiq.actor(queue_name=QUEUE)\ndef burns_cpu")],
-         why="waits_on_io busy-waits: it holds the GIL, so threads no longer overlap"),
+         why="waits_on_io computes instead of waiting (a fixed amount of Python work, about ms long on one thread):"
+             " it holds the GIL, so threads no longer overlap. A busy-wait until a wall-clock deadline would not"
+             " show it: every thread reaches the same deadline together, whoever holds the GIL"),
     dict(name="e10-enqueue-two-calls",
          lesson="Enqueue is one Lua call and one round trip per",
          edits=[(R, '        self.do_enqueue(queue_name, message.options["redis_message_id"], message.encode())\n',
