@@ -35,6 +35,8 @@ import tempfile
 from pathlib import Path
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from .recorder import wait_until
 from .urls import URL_ENV
@@ -239,6 +241,10 @@ class WorkerProcess:
         Path(self.log.name).unlink(missing_ok=True)
 
 
+class PortTaken(OSError):
+    """The port redis-server was given is in use."""
+
+
 class RedisServer:
     """A real ``redis-server`` on a free loopback port, in a temporary directory of its own.
 
@@ -254,7 +260,14 @@ class RedisServer:
         self.dir = tempfile.mkdtemp(prefix="lab-redis-")
         self.process: subprocess.Popen | None = None
         try:
-            self.start()
+            for attempt in range(3):
+                try:
+                    self.start()
+                    break
+                except PortTaken:  # another process took the free port between our look and the server's bind
+                    if port is not None or attempt == 2:
+                        raise
+                    self.port = free_port()
         except BaseException:
             shutil.rmtree(self.dir, ignore_errors=True)
             raise
@@ -275,28 +288,37 @@ class RedisServer:
 
     def start(self, timeout: float = 10) -> RedisServer:
         backstop()
+        log = open(os.path.join(self.dir, "redis-server.log"), "ab")  # its own words, if it will not start
         self.process = guard(subprocess.Popen(
             [self.executable, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.dir,
              "--save", "", "--appendonly", "yes" if self.appendonly else "no", "--appendfsync", "always",
              *(["--requirepass", self.password] if self.password else [])],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         ))
-        client = redis.Redis(host="127.0.0.1", port=self.port, password=self.password, socket_connect_timeout=1)
+        # No retries inside a ping (a host/port client retries 10 times): the loop below asks again itself.
+        client = redis.Redis(host="127.0.0.1", port=self.port, password=self.password, socket_connect_timeout=1,
+                             retry=Retry(NoBackoff(), 0))
 
         def answers() -> bool:
             try:
                 return bool(client.ping())
             except redis.RedisError:
-                return False
+                return self.process.poll() is not None  # it exited: stop waiting, say why below
 
         try:
             if not wait_until(answers, timeout=timeout, interval=0.02):
                 raise TimeoutError(f"redis-server did not answer on port {self.port} within {timeout} s")
+            if self.process.poll() is not None:
+                said = Path(log.name).read_text(errors="replace")
+                if "Address already in use" in said:
+                    raise PortTaken(self.port)
+                raise RuntimeError(f"redis-server exited with {self.process.returncode}: {said.strip()[-300:]}")
         except BaseException:  # Ctrl-C while it starts, too: no caller holds it yet to stop it
             self.stop(signal.SIGKILL)
             raise
         finally:
             client.close()
+            log.close()
         return self
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 10) -> None:
