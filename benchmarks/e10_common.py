@@ -106,7 +106,7 @@ PLANS = {
                       replace(RECOMMENDED, kinds=("noop", "io")),
                   )),
     # For the tests and `python -m lab run e10`: a few hundred messages, every field of the report.
-    "tiny": Plan("tiny", runs=3, drain_s=0.05, poll_s=0.002, warmup=10, min_messages=30, max_messages=60,
+    "tiny": Plan("tiny", runs=2, drain_s=0.05, poll_s=0.002, warmup=10, min_messages=30, max_messages=60,
                  bench_requests=500, bench_pipelined=2000, bench_runs=1, enqueue_count=60, senders=2, sender_count=20,
                  light_rate=50, light_s=0.15, saturation_s=0.15, idle_wait_s={1000: 0.3, 100: 0.1}, io_ms=2,
                  cpu_loops=2000, peer_runs=0, configs=(

@@ -38,6 +38,7 @@ from conftest import free_port
 ROOT = Path(__file__).resolve().parent.parent
 
 NAMESPACE = "e10-test"
+TINY_RUNS = e10_bench.PLANS["tiny"].runs  # 2: the fewest that still pair each drain with its own limit
 
 
 def run_tiny(url: str) -> dict[str, Any]:
@@ -119,7 +120,7 @@ def test_the_report_has_every_field(tiny):
     assert [(row["config"], row["kind"]) for row in tiny["processing"]] == [
         ("1×1", "noop"), ("1×2, prefetch 8", "noop"), ("1×2, prefetch 8", "io"), ("1×2, prefetch 8", "cpu")]
     # every figure is a median with its range over the runs
-    assert all(len(r["runs"]) == 3 and r["min"] <= r["median"] <= r["max"] for r in rates), rates
+    assert all(len(r["runs"]) == TINY_RUNS and r["min"] <= r["median"] <= r["max"] for r in rates), rates
     for load in ("light", "saturated"):
         assert [tiny["latency"][load][f"p{p}"]["median"] > 0 for p in (50, 95, 99)] == [True] * 3
         assert tiny["latency"][load]["samples"] >= 3 * 5
@@ -139,14 +140,14 @@ def test_each_no_op_drain_is_a_fraction_of_the_dispatch_limit_measured_beside_it
         limit = limits[row["config"]]
         # then the drain's fraction is run by run, each drain over the limit measured just before it
         ratios = [d / m for d, m in zip(row["rate"]["runs"], limit["rate"]["runs"], strict=True)]
-        assert row["of_limit"]["runs"] == ratios and len(ratios) == 3
+        assert row["of_limit"]["runs"] == ratios and len(ratios) == TINY_RUNS
         # and redis-benchmark ran at the same clients, for the commands a message costs
         assert limit["redis_benchmark"]["clients"] == limit["clients"]
         assert {"LPUSH", "RPOP", "dispatch enqueue", "dispatch ack"} <= set(limit["redis_benchmark"])
         # and the CPU a message cost is known for the workers, the drivers, redis-server and the bench
         assert [f in row and f in limit for f in ("cpu_ms_per_message", "server_cpu_ms_per_message",
                                                   "bench_core_share")] == [True] * 3
-    assert tiny["end_to_end"]["messages"] == 2 * 20 and len(tiny["end_to_end"]["rate"]["runs"]) == 3
+    assert tiny["end_to_end"]["messages"] == 2 * 20 and len(tiny["end_to_end"]["rate"]["runs"]) == TINY_RUNS
 
 
 def test_the_dispatch_limit_is_dramatiqs_own_fetch_and_ack_with_no_worker(load, broker, sleeps, monkeypatch):
