@@ -122,6 +122,7 @@ def run_scheduler(crontab: str, every: int | None, tz: str, actor: str, ms: int)
     broker.client.ping()  # no Redis: one line and exit 3 now, not an error at every fire time
     scheduler = make_scheduler(trigger, actor, ms)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # SystemExit(0) from scheduler.start(), below
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C works even if a shell's `&` ignored it
     click.echo(f"scheduler pid {os.getpid()}: {actor} on {trigger} in {tz}; Ctrl-C stops it")
     try:
         scheduler.start()  # runs until stopped; each fire time runs enqueue() in a thread of its pool
