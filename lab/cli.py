@@ -69,7 +69,7 @@ def run(experiment: str, url: str, as_json: bool, verbose: bool, log: bool) -> N
     """Run an experiment's scenario (or all of them) and check its lessons.
 
     A worker starts in this process, the scenario sends its messages and
-    waits for them to settle, then each lesson (in README.rst's words) is
+    waits for them to settle, then each lesson (in the docs' words) is
     printed once, held or not, with what this run observed; --verbose adds
     every attempt and the tests. On a real Redis the
     run uses a namespace of its own, so other workers do not take its

@@ -1,10 +1,10 @@
 """The lessons, read from README.rst and the chapters' pages, docs/eNN_*.rst: the one place their words are kept.
 
-A lesson is a bullet under a "Lessons" heading of README.rst: its words, then
+A lesson is a bullet under a "Lessons" heading of a page (docs/eNN_*.rst, or README.rst): its words, then
 a paragraph of the same bullet, "Proof: ``tests/test_e02_error_handling.py::test_x``,
 ``::test_y``", naming the tests that prove it (``::test_y`` is of the file before). A scenario's check points at
 a lesson through one of those tests, so ``python -m lab run`` prints the
-README's words next to what this run observed, and the two cannot drift apart.
+lesson's own words next to what this run observed, and the two cannot drift apart.
 """
 
 from __future__ import annotations
@@ -113,4 +113,4 @@ def lesson_for(test: str) -> Lesson:
     for lesson in lessons():
         if test in lesson.tests:
             return lesson
-    raise LookupError(f"no lesson in README.rst cites {test}")
+    raise LookupError(f"no lesson in README.rst or docs/ cites {test}")

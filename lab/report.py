@@ -1,7 +1,7 @@
 """What ``python -m lab run`` prints for one experiment: its lessons, held or not, one screen at most.
 
 By default each lesson shows once, in two lines: held / NOT HELD / skipped and the lesson's first sentence
-(README.rst's words), then this run's evidence, each cut to the width (100 columns when not a terminal).
+(the docs' words), then this run's evidence, each cut to the width (100 columns when not a terminal).
 ``--verbose`` shows them whole, with the table of every attempt and the tests that prove each lesson.
 """
 
@@ -63,7 +63,7 @@ def lessons_table(run: Run, *, verbose: bool = False) -> Table:
     rows = [(lesson, held, checks, _evidence(held, checks)) for lesson, held, checks in by_lesson(run.checks)]
     for (lesson, held, checks, evidence), after in zip(rows, [*rows[1:], None], strict=True):
         word, colour = MARKS[held]
-        # One line each, unless verbose: the lesson's first sentence (README.rst has the rest), the evidence
+        # One line each, unless verbose: the lesson's first sentence (its page has the rest), the evidence
         lines: list[Text] = [Text(lesson, no_wrap=not verbose, overflow="ellipsis")]
         if held is None and after and after[1] is None and after[3] == evidence and not verbose:
             evidence = ""  # skipped for the same reason as the next lesson: the reason shows once, after it

@@ -3,7 +3,7 @@
 Each experiment has a scenario, ``scenarios/eNN_name.py``, with a function
 ``scenario(run: lab.Run) -> None``. It sends messages, waits (bounded) for them
 to settle, and checks each lesson with ``run.check(test, held, evidence)``:
-``test`` names a test that README.rst cites for that lesson, so the run prints
+``test`` names a test that a lesson (docs/eNN_*.rst) cites, so the run prints
 the README's words, and ``held`` comes from what the :class:`Recorder` observed.
 """
 
@@ -60,7 +60,7 @@ def stop_worker(worker: dramatiq.Worker, timeout_ms: int = 10_000) -> None:
 
 @dataclass
 class Check:
-    """One lesson, checked: its words (from README.rst), its test, and what this run saw."""
+    """One lesson, checked: its words (from its page in docs/), its test, and what this run saw."""
 
     test: str  # "tests/<file>.py::<test>", cited by the lesson in README.rst
     lesson: str  # the lesson's first sentence in README.rst
