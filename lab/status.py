@@ -136,23 +136,21 @@ def _busy(q: QueueCounts) -> bool:
 FIXED_LINES = 11
 
 
-def fit(snapshot: Snapshot, height: int | None) -> tuple[int, int, int]:
-    """How many busy queues, workers and dead letters to show in ``height`` lines (None: all of them).
+def fit(busy: int, workers: int, letters: int, height: int | None) -> tuple[int, int, int]:
+    """How many of the ``busy`` queues, ``workers`` and dead ``letters`` to show in ``height`` lines (None: all).
 
     The workers and the dead letters are what a watcher watches, so they keep up to 3 rows each; the
     busy queues get the rest, and whatever does not fit is counted in one line.
     """
-    busy = sum(map(_busy, snapshot.queues))
-    workers, letters = len(snapshot.alive), len(snapshot.dead_letters)
     if height is None:
         return busy, workers, letters
     room = max(0, height - FIXED_LINES)
-    workers, letters = min(workers, 3), min(letters, 3)
-    queues = min(busy, max(1, room - workers - letters))
+    kept_workers, kept_letters = min(workers, 3), min(letters, 3)
+    queues = min(busy, max(1, room - kept_workers - kept_letters))
     room -= queues  # what the queues leave goes back to the workers and the dead letters
-    workers = min(len(snapshot.alive), max(workers, room - letters))
-    letters = min(len(snapshot.dead_letters), max(letters, room - workers))
-    return queues, workers, letters
+    kept_workers = min(workers, max(kept_workers, room - kept_letters))
+    kept_letters = min(letters, max(kept_letters, room - kept_workers))
+    return queues, kept_workers, kept_letters
 
 
 def render(snapshot: Snapshot, size: tuple[int, int] | None = None) -> Group:
@@ -160,10 +158,9 @@ def render(snapshot: Snapshot, size: tuple[int, int] | None = None) -> Group:
     letters. With ``size`` (a live view's columns and lines), rows are cut to fit, each row kept to one line."""
     width, height = size or (0, None)
     now = snapshot.taken_at_ms
-    n_queues, n_workers, n_letters = fit(snapshot, height)
-
     busy = sorted((q for q in snapshot.queues if _busy(q)), key=lambda q: (-(q.ready + q.in_flight + q.dead), q.name))
     idle = [q.name for q in snapshot.queues if not _busy(q)]
+    n_queues, n_workers, n_letters = fit(len(busy), len(snapshot.alive), len(snapshot.dead_letters), height)
     queues = Table("queue", "ready", "delayed", "in flight", "dead", box=None,
                    title=f"Queues on {snapshot.url}", title_justify="left")
     for q in busy[:n_queues]:
