@@ -2,7 +2,7 @@
 
 Exit codes (every command): 0 ok; 1 a lesson did not hold (run) or purge
 was declined; 2 bad arguments, unknown experiment or bad URL; 3 Redis
-unreachable; 4 serve cannot listen on its port; 5 Redis refused the password;
+unreachable; 4 serve or dashboard cannot listen on its port; 5 Redis refused the password;
 130 interrupted by Ctrl-C.
 """
 
@@ -20,6 +20,7 @@ from rich.table import Table
 from . import experiments
 from .broker import connect, use_broker
 from .canary import canary
+from .dashboard import dashboard
 from .failures import EXIT_FAILED, Group
 from .options import redis_option
 from .purge import purge
@@ -45,6 +46,7 @@ cli.add_command(serve)
 cli.add_command(status)
 cli.add_command(purge)
 cli.add_command(canary)
+cli.add_command(dashboard)
 
 
 @cli.command("list")

@@ -137,6 +137,33 @@ def dead_letters(broker: RedisBroker, queue_name: str) -> list[DeadLetter]:
     ]
 
 
+def requeue_dead_letter(broker: RedisBroker, queue: str, message_id: str) -> Message:
+    """Move the dead letter of ``queue`` whose Dramatiq message id is ``message_id`` to the end of ``queue``.
+
+    The message goes back as it was stored, options and all, so it keeps its retry count: failing
+    again, it goes straight back to the dead letters. Plain commands in one transaction, like
+    :func:`purge_queue`; LookupError if there is no such dead letter (any more).
+    """
+    found = next((d.message for d in dead_letters(broker, queue) if d.message.message_id == message_id), None)
+    if found is None:
+        raise LookupError(f"no dead letter {message_id} in {queue}")
+    redis_id = found.options["redis_message_id"]  # the key Dramatiq filed it under (a new uuid per enqueue)
+    xq, xq_msgs = key(broker, f"{queue}.XQ"), key(broker, f"{queue}.XQ.msgs")
+
+    def move(pipe: redis.client.Pipeline) -> None:
+        data = pipe.hget(xq_msgs, redis_id)
+        if data is None:
+            raise LookupError(f"no dead letter {message_id} in {queue}")
+        pipe.multi()
+        pipe.zrem(xq, redis_id)
+        pipe.hdel(xq_msgs, redis_id)
+        pipe.hset(key(broker, f"{queue}.msgs"), redis_id, data)
+        pipe.rpush(key(broker, queue), redis_id)
+
+    broker.client.transaction(move, xq, xq_msgs)
+    return found
+
+
 def purge_queue(broker: RedisBroker, queue: str, *, dead_letters: bool = False) -> QueueCounts:
     """Delete ``queue``'s ready and delayed messages (and its dead letters); return the counts it found.
 

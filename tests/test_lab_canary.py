@@ -23,7 +23,7 @@ from rich.console import Console
 from conftest import ROOT
 
 SERVE_TEST = "tests/test_lab_serve.py::test_plain_fakeredis_tcp_server_closes_the_connection_after_an_error_reply"
-SERVE_SECTION = "The lab's own Redis, and a look inside it: serve, status, purge"
+SERVE_SECTION = "The lab's own Redis, and a look inside it: serve, status, purge, dashboard"
 UNCITED = "tests/test_lab_canary.py::test_no_lesson_cites_this_one[redis]"
 
 
