@@ -28,8 +28,7 @@ EXIT_USAGE = 2  # as lab.failures.EXIT_USAGE, which imports more than this modul
 #: whole numbers Dramatiq can work with (a negative prefetch would never fetch, a negative restart delay
 #: kills the consumer thread in time.sleep, a worker_timeout of 0 polls Redis without pause). Found with
 #: ``grep -rn "getenv\|environ" dramatiq/``. Left out: what is not a number (dramatiq_prom_db,
-#: dramatiq_prom_host), and what only modules the lab never loads read (dramatiq_prom_port, by the
-#: Prometheus middleware; dramatiq_dead_message_ttl, by the RabbitMQ broker, which needs pika).
+#: dramatiq_prom_host).
 DRAMATIQ: dict[str, tuple[int, int, str]] = {
     # variable: (lowest, highest, when Dramatiq reads it)
     "dramatiq_queue_prefetch": (0, 65_535, "at import, dramatiq/worker.py; 0: twice the threads"),
@@ -38,6 +37,8 @@ DRAMATIQ: dict[str, tuple[int, int, str]] = {
     "dramatiq_restart_delay": (0, 3_600_000, "at import, dramatiq/worker.py; in ms"),
     "dramatiq_lua_max_stack": (1, 1_000_000, "at import, dramatiq/brokers/redis.py"),
     "dramatiq_group_callback_barrier_ttl": (1, 10 * 365 * 86_400_000, "by GroupCallbacks(), in ms; deprecated"),
+    "dramatiq_dead_message_ttl": (1, 10 * 365 * 86_400_000, "at import, dramatiq/brokers/rabbitmq.py (e13); in ms"),
+    "dramatiq_prom_port": (1, 65_535, "at import, dramatiq/middleware/prometheus.py (e15)"),
 }
 
 

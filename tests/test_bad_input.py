@@ -76,6 +76,10 @@ SENDERS = {
     "e11 remind": ["e11_testing.py", "remind", "ada@example.com", "--in", "100"],
     "e12": ["e12_async_and_middleware.py", "report", "1"],
     "e12 switch": ["e12_async_and_middleware.py", "switch", "off"],
+    "e14 runserver": ["e14_web_app.py", "runserver", "8014"],
+    "e14 rundramatiq": ["e14_web_app.py", "rundramatiq", "-p", "1"],
+    "e15": ["e15_monitoring.py", "mix"],
+    "e15 release": ["e15_monitoring.py", "release"],
     "lab run": ["-m lab", "run", "e01", "--redis", "{url}"],
     "lab status": ["-m lab", "status", "--redis", "{url}"],
     "lab purge": ["-m lab", "purge", "e01", "--yes", "--redis", "{url}"],
@@ -244,6 +248,13 @@ ARGUMENTS = [
     (["e12_async_and_middleware.py", "switch", "maybe"], "'on|off': 'maybe' is not one of 'on', 'off'."),
     (["e12_async_and_middleware.py", "switch"], "Missing argument 'on|off'."),
     (["e12_async_and_middleware.py", "switch", "off", "--name", "emails"], "'emails' is not 'reports'."),
+    (["e14_web_app.py", "runserver", "70000"], "Invalid value for '[PORT]': 70000 is not in the range 1<=x<=65535."),
+    (["e14_web_app.py", "rundramatiq", "-t", "0"], "Invalid value for '--threads' / '-t': 0 is not in the range"),
+    (["e14_web_app.py", "rundramatiq", "-Q", "default,email"],
+     "Invalid value for --queues: 'default,email' is one queue name with commas in it; repeat -Q for each queue"),
+    (["e14_web_app.py", "serve"], "No such command 'serve'."),
+    (["e15_monitoring.py", "hold", "--timeout", "0"], "0 is not in the range 1<=x<=3600."),
+    (["e15_monitoring.py", "mix", "3"], "Got unexpected extra argument (3)."),
     (["-m lab", "run", "e77"], "no experiment 'e77'"),
     (["-m lab", "run", "²"], "no experiment '²'"),
     (["-m lab", "nosuch"], "No such command 'nosuch'."),
@@ -308,7 +319,9 @@ VALID_ARGUMENTS = {
     ("e11_testing.py", "demo"): [], ("e11_testing.py", "receipt"): ["2"], ("e11_testing.py", "remind"): ["a@b.c"],
     ("e12_async_and_middleware.py", "nap"): ["1"], ("e12_async_and_middleware.py", "whoami"): [],
     ("e12_async_and_middleware.py", "report"): ["1"], ("e12_async_and_middleware.py", "switch"): ["off"],
-    **{("-m lab", name): [] for name in ("serve", "status", "canary", "list")},
+    ("e14_web_app.py", "migrate"): [], ("e14_web_app.py", "runserver"): ["8014"], ("e14_web_app.py", "rundramatiq"): [],
+    **{("e15_monitoring.py", name): [] for name in ("mix", "hold", "release", "scrape")},
+    **{("-m lab", name): [] for name in ("serve", "status", "canary", "list", "dashboard")},
     ("-m lab", "purge"): ["e01"], ("-m lab", "run"): ["e01"],
 }
 
@@ -447,13 +460,13 @@ def test_every_setting_an_experiment_reads_from_the_environment_refuses_a_bad_va
 
 
 def test_the_lab_checks_every_number_dramatiq_reads_from_the_environment():
-    # Dramatiq 2.2.1 reads these with int() or its getenv_int(); the lab lists them all, but those of
-    # modules it never loads (the RabbitMQ broker, the Prometheus middleware)
+    # Dramatiq 2.2.1 reads these with int() or its getenv_int(); the lab checks them all, those of the
+    # RabbitMQ broker (e13) and of the Prometheus middleware (e15) included
     source = Path(dramatiq.__file__).parent
     read = {name for path in source.rglob("*.py")
             for name in re.findall(r"(?:int\(os\.getenv|getenv_int)\(\s*\"(dramatiq_\w+)\"", path.read_text())}
     barrier_ttl = "dramatiq_group_callback_barrier_ttl"  # read as a string, then int()
-    assert read | {barrier_ttl} == set(DRAMATIQ) | {"dramatiq_dead_message_ttl", "dramatiq_prom_port"}
+    assert read | {barrier_ttl} == set(DRAMATIQ)
 
 
 def test_dramatiq_settings_are_refused_in_one_line_before_dramatiq_reads_them(monkeypatch, capsys):
@@ -497,6 +510,9 @@ WORKERS = [
                   "user-without-password-refused")),
     ("e05-setting", "e05_crash_recovery", "redis://127.0.0.1:{free}/0", {"e05_heartbeat_timeout": "²"}, USAGE,
      "python -m dramatiq: e05_heartbeat_timeout='²' must be a whole number from 100 to 86400000", False),
+    # read by Dramatiq's Prometheus middleware when e15 imports it, after e15 checked it
+    ("prometheus-port", "e15_monitoring", "redis://127.0.0.1:{free}/0", {"dramatiq_prom_port": "9191x"}, USAGE,
+     "python -m dramatiq: dramatiq_prom_port='9191x' must be a whole number from 1 to 65535", False),
     # read when dramatiq.brokers.redis is imported: by the experiment, after `import lab`
     ("dramatiq-setting-read-by-the-broker", "e01_hello_world", "redis://127.0.0.1:{free}/0",
      {"dramatiq_lua_max_stack": "x"}, USAGE, "python -m dramatiq: dramatiq_lua_max_stack='x' must be", False),
