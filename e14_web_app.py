@@ -1,0 +1,255 @@
+"""Experiment 14: Dramatiq in a Django web app
+
+Goal: put actors next to web requests and a database: send after commit, pass ids, keep connections short, 202 and poll.
+
+The settings, the models and the tasks module rundramatiq imports are in e14_web_app_site/: Django imports
+them by name (its __init__ says why). Both SQLite files are in a temp dir, never in the checkout.
+
+Run it, in three terminals (a Redis first: `redis-server` or `python -m lab serve`):
+
+    python e14_web_app.py runserver 8014             # the web app (creates its tables first)
+    dramatiq --watch . e14_web_app                   # the worker, plain Dramatiq
+    python e14_web_app.py rundramatiq -p 1 -t 4      # or the worker django_dramatiq's way
+    curl -d email=ada@example.com localhost:8014/signup              # 201; the welcome e-mail is queued
+    curl -d email=bob@example.com 'localhost:8014/signup?send=inside' # the trap: sent before the commit
+    curl localhost:8014/quotes/ACME                  # answers at once; a stale quote queues one refresh
+    curl -i -d kind=signups localhost:8014/reports   # 202 and a URL to poll: curl localhost:8014/tasks/ID
+"""
+
+import re
+import socket
+import sys
+import time
+import uuid
+from datetime import timedelta
+
+import lab
+
+import click
+import django
+import dramatiq
+import redis
+from django.core.management import call_command
+from django.db import transaction
+from django.dispatch import Signal, receiver
+from django.http import JsonResponse
+from django.urls import path
+from django.utils import timezone
+
+import e14_web_app_site  # points Django at e14_web_app_site.settings, as a manage.py does
+
+lab.setup_broker()  # first: a bad URL is one line and exit 2, before Django has half started
+django.setup()  # django_dramatiq's AppConfig asks settings.DRAMATIQ_BROKER for the broker: the lab's
+from django_dramatiq.models import Task  # noqa: E402 (models load once Django is set up)
+from dramatiq.results import ResultMissing, Results  # noqa: E402
+
+from e14_web_app_site.broker import lab_broker  # noqa: E402
+from e14_web_app_site.models import Email, Quote, User  # noqa: E402
+
+broker = lab_broker()
+
+QUEUE = "e14"
+SMTP_MS = REMOTE_MS = REPORT_MS = 1000  # the slow calls: an SMTP server, a remote price API, a report
+STALE_AFTER = timedelta(days=7)  # as in the Celery guide: a quote older than this gets refreshed
+GUARD_MS = 60_000  # one refresh per symbol at a time; the key expires if its worker dies
+
+
+@dramatiq.actor(queue_name=QUEUE, max_retries=3, min_backoff=200, throws=(User.DoesNotExist,))
+def send_welcome(user_id: int) -> None:
+    """Read the user as committed now (an id, never a copy), then 'e-mail' them: a row in Email."""
+    user = User.objects.get(id=user_id)  # DoesNotExist if sent before the commit, or for a rolled-back row
+    time.sleep(SMTP_MS / 1000)
+    Email.objects.create(to=user.email, subject="Welcome!")
+
+
+@dramatiq.actor(queue_name=QUEUE)
+def welcome_from_copy(user: dict) -> None:
+    """The anti-pattern: the user as a dict, copied when the request sent it, stale when this runs."""
+    Email.objects.create(to=user["email"], subject="Welcome!")
+
+
+@dramatiq.actor(queue_name=QUEUE, max_retries=3, min_backoff=1000)
+def refresh_quote(symbol: str) -> None:
+    time.sleep(REMOTE_MS / 1000)  # the remote API (a local sleep: never the network)
+    price = sum(map(ord, symbol)) / 10
+    Quote.objects.update_or_create(symbol=symbol, defaults={"price": price, "updated_at": timezone.now()})
+    broker.client.delete(guard_key(symbol))  # the next stale request may queue the next refresh
+
+
+@dramatiq.actor(queue_name=QUEUE, max_retries=0, store_results=True)
+def build_report(kind: str) -> dict:
+    time.sleep(REPORT_MS / 1000)
+    if kind == "broken":
+        raise RuntimeError("the reporting database is down")
+    return {"signups": User.objects.count(), "emails": Email.objects.count()}
+
+
+def guard_key(symbol: str) -> str:
+    return lab.key(broker, f"e14-refresh:{symbol}")
+
+
+# -- the views: JSON in and out; bad input is a 400 with one line, never a 500 ----------------------------------
+
+class BadRequest(Exception):
+    pass
+
+
+class Refused(Exception):
+    """What a receiver of `signing_up` raises to refuse a sign-up: its transaction rolls back."""
+
+
+signing_up = Signal()  # the rest of a sign-up, inside its transaction: other apps listen (a profile, a block list)
+
+
+@receiver(signing_up)
+def refuse_blocked_domains(user: User, **_: object) -> None:
+    if user.email.endswith("@blocked.example"):
+        raise Refused(f"{user.email}: that domain may not sign up")
+
+
+def api(method: str):
+    def wrap(view):
+        def checked(request, *args, **kwargs):
+            try:
+                if request.method != method:
+                    return JsonResponse({"error": f"use {method}"}, status=405)
+                return view(request, *args, **kwargs)
+            except (BadRequest, Refused) as exc:
+                return JsonResponse({"error": str(exc)}, status=400)
+            except redis.RedisError:
+                return JsonResponse({"error": "the task queue (Redis) is unreachable"}, status=503)
+        return checked
+    return wrap
+
+
+def choice(request, name: str, allowed: tuple[str, ...]) -> str:
+    value = request.GET.get(name, request.POST.get(name, allowed[0]))
+    if value not in allowed:
+        raise BadRequest(f"{name} must be one of {', '.join(allowed)}, not {value[:40]!r}")
+    return value
+
+
+@api("POST")
+def signup(request):
+    """201 once the user is committed. send=on_commit (right), inside (the trap), inline (the user waits)."""
+    email = request.POST.get("email", "").strip()
+    if not re.fullmatch(r"[^@\s]{1,64}@[^@\s]{1,180}\.[a-z]{2,}", email):
+        raise BadRequest("email: an address like ada@example.com is required")
+    send = choice(request, "send", ("on_commit", "inside", "inline"))
+    with transaction.atomic():
+        if User.objects.filter(email=email).exists():
+            raise BadRequest(f"{email} has signed up already")
+        user = User.objects.create(email=email)
+        if send == "inside":
+            send_welcome.send(user.id)  # a worker may run it now, before the row is committed
+        elif send == "on_commit":
+            transaction.on_commit(lambda: send_welcome.send(user.id))  # only once the row is there; never on rollback
+        signing_up.send(sender=User, user=user)
+    if send == "inline":
+        send_welcome(user.id)  # a direct call runs the actor here: the user waits for the SMTP server
+    return JsonResponse({"user": user.id, "email": email, "welcome": "sent" if send == "inline" else "queued"},
+                        status=201)
+
+
+@api("GET")
+def quote(request, symbol: str):
+    """The quote as stored, at once; a stale one queues a refresh: one (guard=on) or one per request (off)."""
+    if not re.fullmatch(r"[A-Z]{1,10}", symbol):
+        raise BadRequest("symbol: 1 to 10 capital letters, like ACME")
+    guarded = choice(request, "guard", ("on", "off")) == "on"
+    row = Quote.objects.filter(symbol=symbol).first() or Quote(symbol=symbol)
+    stale = row.updated_at is None or timezone.now() - row.updated_at > STALE_AFTER
+    # SET NX: of a hundred requests that find the quote stale, one sets the key and queues the refresh.
+    queued = stale and (not guarded or bool(broker.client.set(guard_key(symbol), 1, nx=True, px=GUARD_MS)))
+    if queued:
+        refresh_quote.send(symbol)
+    return JsonResponse({"symbol": symbol, "price": row.price, "stale": stale, "refresh_queued": queued})
+
+
+@api("POST")
+def reports(request):
+    """202 Accepted: the report is queued; poll the URL in Location."""
+    message = build_report.send(choice(request, "kind", ("signups", "broken")))
+    poll = f"/tasks/{message.message_id}"
+    return JsonResponse({"task": message.message_id, "status": "enqueued", "poll": poll}, status=202,
+                        headers={"Location": poll})
+
+
+@api("GET")
+def task_status(request, task_id: str):
+    """What django_dramatiq's Task table says (enqueued, running, done, failed), and the result once done."""
+    try:
+        uuid.UUID(task_id)
+    except ValueError:
+        raise BadRequest("a task id is a UUID") from None
+    task = Task.tasks.using("tasks").filter(id=task_id).first()
+    if task is None:
+        return JsonResponse({"error": f"no task {task_id}"}, status=404)
+    body = {"task": task_id, "status": task.status, "actor": task.actor_name}
+    if task.status == Task.STATUS_DONE:
+        results = next(m.backend for m in broker.middleware if isinstance(m, Results))
+        try:
+            body["result"] = task.message.get_result(backend=results)
+        except ResultMissing:  # never stored (store_results=False), or older than result_ttl (10 min)
+            body["result"] = None
+    if task.status == Task.STATUS_FAILED:
+        body["error"] = task.message.options.get("traceback", "").strip().splitlines()[-1:]
+    return JsonResponse(body)
+
+
+urlpatterns = [
+    path("signup", signup), path("quotes/<str:symbol>", quote), path("reports", reports),
+    path("tasks/<str:task_id>", task_status),
+]
+
+
+# -- the commands: this file is the project's manage.py --------------------------------------------------------
+
+@click.group(cls=lab.Group, epilog=lab.EXIT_CODES_HELP.replace("130", "4 the port is in use, 130"))
+def main() -> None:
+    """Run Experiment 14's web app or its worker, or create its tables."""
+
+
+def one_module() -> None:
+    """The urlconf and the tasks module rundramatiq finds import this file as e14_web_app. Run as __main__, it
+    would run again under that name and declare its actors twice, which Dramatiq 2 refuses."""
+    sys.modules.setdefault("e14_web_app", sys.modules[__name__])
+
+
+@main.command()
+def migrate() -> None:
+    """Create the tables of both SQLite files (in a temp dir) if they are missing."""
+    e14_web_app_site.migrate()
+    click.echo(f"tables ready in {e14_web_app_site.settings.DATA_DIR}")
+
+
+@main.command()
+@click.argument("port", type=click.IntRange(1, 65535), default=8014)
+def runserver(port: int) -> None:
+    """Serve the app on 127.0.0.1:PORT (Django's runserver, no autoreload), once Redis answers."""
+    lab.broker.check_redis(broker)
+    with socket.socket() as probe:
+        if probe.connect_ex(("127.0.0.1", port)) == 0:
+            raise lab.Failure(f"port {port} on 127.0.0.1 is in use; pick another PORT", lab.EXIT_TIMEOUT)
+    e14_web_app_site.migrate()
+    one_module()
+    call_command("runserver", f"127.0.0.1:{port}", use_reloader=False)
+
+
+@main.command()
+@click.option("--processes", "-p", type=click.IntRange(1, 64), default=1, show_default=True)
+@click.option("--threads", "-t", type=click.IntRange(1, 64), default=8, show_default=True)
+@click.option("--queues", "-Q", multiple=True, help="A queue to listen to (repeat it); default: all.")
+def rundramatiq(processes: int, threads: int, queues: tuple[str, ...]) -> None:
+    """Start the worker as django_dramatiq's `manage.py rundramatiq` does (it execs `dramatiq`)."""
+    for queue in queues:
+        if "," in queue:  # dramatiq would listen to one queue of that name, which nothing sends to
+            raise click.BadParameter(f"{queue!r} is one queue name with commas in it; repeat -Q for each queue",
+                                     param_hint="--queues")
+    lab.broker.check_redis(broker)
+    one_module()
+    call_command("rundramatiq", processes=processes, threads=threads, queues=queues or None)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
