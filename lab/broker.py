@@ -1,5 +1,8 @@
 """One broker for the whole process, configured by one environment variable.
 
+``$DRAMATIQ_BROKER_URL`` (else ``$DRAMATIQ_REDIS_URL``) says which: ``amqp://`` gives a
+RabbitmqBroker (lab/rabbitmq.py), ``redis://`` or ``memory://`` a RedisBroker.
+
 Every experiment calls :func:`setup_broker` at import time, before it declares
 its actors. The first call builds the broker and hands it to
 ``dramatiq.set_broker``; later calls (another experiment loaded by the same
@@ -22,9 +25,9 @@ from dramatiq.results import Results
 from dramatiq.results.backends import RedisBackend as RedisResultBackend
 
 from .failures import Failure, explain
-from .urls import DEFAULT_NAMESPACE, MEMORY_URL, NAMESPACE_ENV, BadUrl, check_url, redact, redis_url, use_url
+from .urls import DEFAULT_NAMESPACE, MEMORY_URL, NAMESPACE_ENV, BadUrl, broker_url, check_url, is_amqp, redact, use_url
 
-_broker: RedisBroker | None = None
+_broker: dramatiq.Broker | None = None
 
 
 def make_client(url: str) -> redis.Redis:
@@ -41,11 +44,22 @@ def make_client(url: str) -> redis.Redis:
     return redis.Redis.from_url(url, socket_connect_timeout=5)
 
 
-def check_redis(broker: RedisBroker) -> None:
-    """Ask the broker's Redis to answer; raise the Failure that explains why it does not."""
+def is_rabbitmq(broker: dramatiq.Broker) -> bool:
+    """Whether ``broker`` is a RabbitmqBroker (without importing pika when no RabbitMQ was ever asked for)."""
+    module = sys.modules.get("dramatiq.brokers.rabbitmq")
+    return module is not None and isinstance(broker, module.RabbitmqBroker)
+
+
+def check_redis(broker: dramatiq.Broker) -> None:
+    """Ask the broker's server (Redis or RabbitMQ) to answer; raise the Failure that explains why it does not."""
     try:
-        broker.client.ping()
-    except redis.RedisError as exc:
+        if is_rabbitmq(broker):
+            from .rabbitmq import check_rabbitmq
+
+            check_rabbitmq(broker)
+        else:
+            broker.client.ping()
+    except Exception as exc:
         failure = explain(exc, broker.lab_url)
         if failure is None:
             raise
@@ -82,13 +96,21 @@ class RedisReachable(Middleware):
             raise RedisUnreachable(failure.line, failure.exit_code) from None
 
 
-def make_broker(url: str, *, namespace: str = DEFAULT_NAMESPACE) -> RedisBroker:
-    """A new RedisBroker on ``url``, with everything the experiments use.
+def make_broker(url: str, *, namespace: str = DEFAULT_NAMESPACE, **options: object) -> dramatiq.Broker:
+    """A new broker on ``url``, with everything the experiments use.
 
-    Results and group callbacks keep their data in the same Redis as the
-    queues, through the same client, so ``memory://`` stays one server.
-    Raises BadUrl for a URL that cannot be a Redis URL; does not connect.
+    On Redis, results and group callbacks keep their data in the same Redis
+    as the queues, through the same client, so ``memory://`` stays one server.
+    An ``amqp://`` URL gives a RabbitmqBroker (``options`` go to it: ``max_priority``,
+    ``confirm_delivery``), with results in the Redis beside it (lab/rabbitmq.py).
+    Raises BadUrl for a URL that cannot work; does not connect.
     """
+    if is_amqp(check_url(url)):
+        from .rabbitmq import make_rabbitmq_broker  # pika only for who asks for RabbitMQ
+
+        return make_rabbitmq_broker(url, namespace=namespace, reachable=RedisReachable(), **options)
+    if options:
+        raise TypeError(f"options for RabbitMQ only: {sorted(options)}")
     client = make_client(url)
     broker = RedisBroker(client=client, namespace=namespace)
     broker.add_middleware(CurrentMessage())
@@ -102,9 +124,9 @@ def make_broker(url: str, *, namespace: str = DEFAULT_NAMESPACE) -> RedisBroker:
     return broker
 
 
-def connect(url: str, *, namespace: str = DEFAULT_NAMESPACE) -> RedisBroker:
-    """A broker on ``url`` whose Redis answers; otherwise the Failure that says why not."""
-    broker = make_broker(url, namespace=namespace)
+def connect(url: str, *, namespace: str = DEFAULT_NAMESPACE, **options: object) -> dramatiq.Broker:
+    """A broker on ``url`` whose server answers; otherwise the Failure that says why not."""
+    broker = make_broker(url, namespace=namespace, **options)
     try:
         check_redis(broker)
     except Failure:
@@ -113,7 +135,7 @@ def connect(url: str, *, namespace: str = DEFAULT_NAMESPACE) -> RedisBroker:
     return broker
 
 
-def use_broker(broker: RedisBroker) -> RedisBroker:
+def use_broker(broker: dramatiq.Broker) -> dramatiq.Broker:
     """Make ``broker`` the process's broker, for the lab and for dramatiq."""
     global _broker
     _broker = broker
@@ -122,20 +144,20 @@ def use_broker(broker: RedisBroker) -> RedisBroker:
     return broker
 
 
-def setup_broker() -> RedisBroker:
-    """The process's broker: built from ``$DRAMATIQ_REDIS_URL`` on the first call.
+def setup_broker() -> dramatiq.Broker:
+    """The process's broker: built from ``$DRAMATIQ_BROKER_URL`` (else ``$DRAMATIQ_REDIS_URL``) on the first call.
 
     The explicit ``dramatiq.set_broker`` matters: without it,
     ``dramatiq.get_broker()`` tries RabbitMQ first and falls back to Redis
     only when pika cannot be imported (Dramatiq issue 483).
 
-    A URL that cannot be a Redis URL ends the process with one line on stderr
+    A URL that cannot work ends the process with one line on stderr
     and exit code 2, whoever imported the experiment (sender, worker, lab).
     It does not connect: a sender's first command, or a worker's boot, does.
     """
     if _broker is not None:
         return use_broker(_broker)
-    url = redis_url()
+    url = broker_url()
     try:
         broker = make_broker(url, namespace=os.environ.get(NAMESPACE_ENV) or DEFAULT_NAMESPACE)
     except BadUrl as exc:

@@ -12,11 +12,13 @@ import os
 import re
 import sys
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import click
 import redis
+from dramatiq.errors import BrokerConnectionError
 
-from .urls import URL_ENV, BadUrl, current_url, mask_url, redact, user_without_password
+from .urls import BROKER_URL_ENV, URL_ENV, BadUrl, current_url, is_amqp, mask_url, redact, user_without_password
 
 EXIT_FAILED = 1  # a lesson did not hold; what a sender waited for failed; purge declined
 EXIT_USAGE = 2  # bad arguments or a bad Redis URL (click's usage error is 2 too)
@@ -26,8 +28,8 @@ EXIT_AUTH = 5  # Redis refused the password, or wants one
 EXIT_INTERRUPTED = 130  # Ctrl-C: the shell's convention, 128 + SIGINT
 
 EXIT_CODES_HELP = (
-    "Exit codes: 0 done, 2 bad arguments or URL, 3 Redis unreachable, "
-    "5 Redis refused the password, 130 Ctrl-C."
+    "Exit codes: 0 done, 2 bad arguments or URL, 3 Redis (or RabbitMQ) unreachable, "
+    "5 the password was refused, 130 Ctrl-C."
 )
 
 #: What redis-py raises when there is no working Redis at the URL: nothing listens,
@@ -45,21 +47,60 @@ class Failure(Exception):
 
 
 def how_to_get_redis(url: str) -> str:
-    """One line: which Redis could not be reached, and how to get one."""
+    """One line: which Redis (or RabbitMQ, for an ``amqp://`` URL) could not be reached, and how to get one."""
+    if is_amqp(url):
+        return how_to_get_rabbitmq(url)
     return (
         f"cannot reach Redis at {mask_url(url)}. Start one with `redis-server` "
         f"(or `python -m lab serve` for the embedded one), or set {URL_ENV} to yours."
     )
 
 
+def how_to_get_rabbitmq(url: str, why: str = "") -> str:
+    """One line: which RabbitMQ could not be reached (and why, if known), and how to get one."""
+    return (
+        f"cannot reach RabbitMQ at {mask_url(url)}{f' ({why})' if why else ''}. Start one with "
+        f"`rabbitmq-server` (apt-get install rabbitmq-server), or set {BROKER_URL_ENV} to yours."
+    )
+
+
+def _explain_rabbitmq(exc: BaseException, url: str) -> Failure | None:
+    """The Failure that pika's ``exc`` (or Dramatiq's ConnectionClosed around it) means for the RabbitMQ at ``url``."""
+    import pika.exceptions as pe  # loaded already: a pika error is at hand
+    from pika.adapters.utils.connection_workflow import AMQPConnectorException
+
+    where = mask_url(url)
+    if isinstance(exc, pe.ProbableAuthenticationError | pe.AuthenticationError):
+        return Failure(f"RabbitMQ at {where} refused the user or password in the URL "
+                       "(amqp://USER:PASSWORD@HOST:PORT/VHOST; user guest may log in from localhost only).", EXIT_AUTH)
+    if isinstance(exc, pe.ProbableAccessDeniedError) or "NOT_ALLOWED - vhost" in str(exc):
+        vhost = unquote(urlsplit(url).path[1:]) or "/"
+        return Failure(f"RabbitMQ at {where} has no vhost {vhost!r}, or the user may not use it "
+                       "(the URL's path is the vhost: /%2F for the default one, /).", EXIT_USAGE)
+    if isinstance(exc, pe.StreamLostError | pe.ConnectionClosed | pe.ChannelWrongStateError):
+        return Failure(how_to_get_rabbitmq(url, "the connection was lost"), EXIT_UNREACHABLE)
+    if isinstance(exc, AMQPConnectorException | pe.IncompatibleProtocolError):
+        return Failure(how_to_get_rabbitmq(url, "nothing answered in AMQP"), EXIT_UNREACHABLE)
+    if isinstance(exc, pe.AMQPConnectionError):
+        return Failure(how_to_get_rabbitmq(url), EXIT_UNREACHABLE)
+    return None
+
+
 def explain(exc: BaseException, url: str) -> Failure | None:
-    """The Failure that ``exc`` means for the Redis at ``url``; None if it is not one we expect.
+    """The Failure that ``exc`` means for the broker at ``url``; None if it is not one we expect.
 
     Order matters: redis-py's AuthenticationError is a kind of ConnectionError.
     """
     where = mask_url(url)
     if isinstance(exc, Failure):
         return exc
+    if isinstance(exc, BadUrl) and is_amqp(exc.url):
+        return Failure(f"{mask_url(exc.url)!r} is not a valid RabbitMQ URL ({BROKER_URL_ENV} or --broker): {exc}",
+                       EXIT_USAGE)
+    if isinstance(exc, BrokerConnectionError) and isinstance(exc.message, BaseException):
+        return explain(exc.message, url)  # Dramatiq's ConnectionClosed around pika's error
+    if type(exc).__module__.startswith("pika."):
+        return _explain_rabbitmq(exc, url)
     if isinstance(exc, BadUrl):
         return Failure(f"{mask_url(exc.url)!r} is not a valid Redis URL ({URL_ENV} or --redis): {exc}", EXIT_USAGE)
     if isinstance(exc, redis.AuthenticationError):
@@ -123,7 +164,7 @@ class _OneLineFailures:
                 failure = Failure("aborted", EXIT_FAILED)  # a confirmation answered no
         except click.ClickException as exc:
             failure = Failure(exc.format_message(), exc.exit_code)
-        except (Failure, BadUrl, redis.RedisError) as exc:
+        except Exception as exc:  # noqa: BLE001 -- what explain() does not expect is raised again, as it was
             failure = explain(exc, current_url())
             if failure is None:
                 raise

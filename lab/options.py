@@ -7,17 +7,19 @@ from typing import Any
 
 import click
 
-from .urls import URL_ENV, redis_url
+from .urls import BROKER_URL_ENV, URL_ENV, broker_url
 
 #: The longest delay the lab lets you send: RedisBroker.enqueue documents "less than 7 days".
 MAX_DELAY_MS = 7 * 24 * 3600 * 1000
 
 
 def redis_option(default: str) -> Any:
-    """``--redis URL``, defaulting to ``$DRAMATIQ_REDIS_URL``, then to ``default``."""
+    """``--broker URL`` (or ``--redis URL``, its older name), defaulting to ``$DRAMATIQ_BROKER_URL``, then to
+    ``$DRAMATIQ_REDIS_URL``, then to ``default``."""
     return click.option(
-        "--redis", "url", default=lambda: redis_url(default), metavar="URL",
-        show_default=f"${URL_ENV}, else {default}", help="The Redis to use.",
+        "--broker", "--redis", "url", default=lambda: broker_url(default), metavar="URL",
+        show_default=f"${BROKER_URL_ENV}, else ${URL_ENV}, else {default}",
+        help="The broker to use: redis://... (or memory://) for Redis, amqp://... for RabbitMQ.",
     )
 
 

@@ -16,6 +16,12 @@ MEMORY_URL = "memory://"
 
 SCHEMES = ("redis", "rediss", "unix")
 
+#: The general setting: the broker's URL. ``amqp://`` (or ``amqps://``) gives RabbitMQ, ``redis://``,
+#: ``rediss://``, ``unix://`` or ``memory://`` give Redis. When it is set, it wins over ``DRAMATIQ_REDIS_URL``;
+#: on RabbitMQ, ``DRAMATIQ_REDIS_URL`` then says where results and rate limiters live (:func:`redis_beside`).
+BROKER_URL_ENV = "DRAMATIQ_BROKER_URL"
+AMQP_SCHEMES = ("amqp", "amqps")
+
 #: Not a setting for learners: ``python -m lab run`` sets it for the worker processes it
 #: starts, so that they use the run's own namespace (its keys) on a shared Redis.
 NAMESPACE_ENV = "LAB_NAMESPACE"
@@ -40,6 +46,32 @@ def redis_url(default: str = DEFAULT_URL) -> str:
     return os.environ.get(URL_ENV) or default
 
 
+def broker_url(default: str = DEFAULT_URL) -> str:
+    """The broker's URL: ``$DRAMATIQ_BROKER_URL``, else ``$DRAMATIQ_REDIS_URL``, else ``default``.
+
+    An empty variable counts as unset.
+    """
+    return os.environ.get(BROKER_URL_ENV) or os.environ.get(URL_ENV) or default
+
+
+def is_amqp(url: str) -> bool:
+    """Whether ``url`` is a RabbitMQ URL (``amqp://`` or ``amqps://``)."""
+    return url.partition("://")[0].lower() in AMQP_SCHEMES
+
+
+def redis_beside(url: str) -> str | None:
+    """The Redis that keeps results and rate limits beside the broker at ``url``.
+
+    On Redis it is the broker's own Redis: ``url``. On RabbitMQ, which has no
+    backend for either, it is ``$DRAMATIQ_REDIS_URL`` when that is a Redis URL;
+    None when there is none (an experiment that needs one says so and exits 2).
+    """
+    if not is_amqp(url):
+        return url
+    beside = os.environ.get(URL_ENV) or ""
+    return beside if beside and not is_amqp(beside) else None
+
+
 _in_use: str | None = None
 
 
@@ -51,7 +83,7 @@ def use_url(url: str) -> None:
 
 def current_url() -> str:
     """The URL of the process's broker, or the configured one before there is a broker."""
-    return _in_use or redis_url()
+    return _in_use or broker_url()
 
 
 def _split(url: str) -> tuple[str, str, str]:
@@ -125,12 +157,30 @@ def check_url(url: str) -> str:
         parts.port  # noqa: B018 -- urllib checks the port only when it is read
     except ValueError as exc:
         raise BadUrl(redact(str(exc), url), url) from None
+    if parts.scheme in AMQP_SCHEMES:
+        return _check_amqp_url(url)
     if parts.scheme not in SCHEMES:
-        raise BadUrl(f"it must start with redis://, rediss:// or unix:// (or be {MEMORY_URL})", url)
+        raise BadUrl(f"it must start with redis://, rediss://, unix://, amqp:// or amqps:// (or be {MEMORY_URL})",
+                     url)
     if parts.scheme != "unix" and not re.fullmatch(r"/?\d*", parts.path):
         raise BadUrl(f"the database {unquote(parts.path[1:])!r} is not a number (/0 to /15 on a default Redis)", url)
     try:
         redis.connection.parse_url(url)  # what else redis-py refuses: a query option, say
     except ValueError as exc:
+        raise BadUrl(redact(str(exc), url), url) from None
+    return url
+
+
+def _check_amqp_url(url: str) -> str:
+    """``url`` if pika can read it as a RabbitMQ URL; otherwise BadUrl saying why (a bad query option, say)."""
+    import pika  # only the RabbitMQ side needs it
+
+    if ";" in url:  # Dramatiq would read it as a list of servers; the lab's messages name one
+        raise BadUrl("give one RabbitMQ URL, not a list separated by ';'", url)
+    if user_without_password(url):  # pika would fail on it with a TypeError of its own
+        raise BadUrl("it has a user name and no password: amqp://USER:PASSWORD@HOST:PORT/VHOST", url)
+    try:
+        pika.URLParameters(url)
+    except (ValueError, TypeError) as exc:
         raise BadUrl(redact(str(exc), url), url) from None
     return url

@@ -20,16 +20,29 @@ by the fixtures' teardown, which runs on Ctrl-C too, and whatever a crash or a
 
 from __future__ import annotations
 
+import fcntl
+import importlib
+import json
 import os
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
+from dataclasses import asdict
 from pathlib import Path
-from types import ModuleType
+from types import ModuleType, SimpleNamespace
+from typing import Any
 
 import lab
 from lab import experiments
-from lab.processes import RedisServer, WorkerProcess, backstop, free_port, lab_env  # noqa: F401 (re-exported)
+from lab.processes import (  # noqa: F401 (re-exported)
+    RabbitServer,
+    RedisServer,
+    WorkerProcess,
+    backstop,
+    free_port,
+    lab_env,
+)
+from lab.rabbitmq_share import close_share, delete_vhost, new_vhost, open_share, shared_rabbit
 from lab.server import EmbeddedRedis
 
 import dramatiq
@@ -54,6 +67,121 @@ def need_redis_server() -> None:
         pytest.skip(str(exc))
 
 
+def need_rabbitmq_server() -> None:
+    """Skip the test when rabbitmq-server is not installed; in CI, fail it instead."""
+    try:
+        RabbitServer.executable_path()
+    except FileNotFoundError as exc:
+        if IN_CI:
+            pytest.fail(str(exc))
+        pytest.skip(str(exc))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # The run's first process owns the RabbitMQ its tests share (started by the first test that needs it,
+    # in whichever xdist worker): the workers it starts inherit the share's directory from its environment.
+    if not hasattr(config, "workerinput"):
+        config.lab_rabbitmq_share = open_share()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if getattr(config, "lab_rabbitmq_share", None):
+        close_share(config.lab_rabbitmq_share)
+
+
+# The tests that take longest (5 to 35 s on 2 cores), longest first. pytest-xdist's worksteal hands each worker
+# an equal slice of the collection at the start and steals only from a slice's tail: a long test deep in a
+# slice starts late and ends the run late. So each of these starts a slice (the rest keep their order).
+LONG_POLES = [
+    "tests/test_lab_run.py::test_run_all_plays_every_scenario_in_one_process",
+    "tests/test_e10_throughput.py::test_a_tiny_run_ran_every_message_it_sent_exactly_once",  # e10_tiny
+    "tests/test_e05_crash_recovery.py::test_a_killed_worker_leaves_its_running_and_prefetched_messages_in_its_acks_set",
+    "tests/test_bad_input.py::test_ctrl_c_while_a_command_waits_ends_it_in_one_line_and_leaves_nothing_behind",
+    "tests/test_e07_scheduling.py::test_each_scheduler_process_sends_once_per_fire_time_and_stops_cleanly",
+    "tests/test_e02_error_handling.py::test_worker_cli_retries_dead_letters_and_stops_cleanly",
+    "tests/test_e01_hello_world.py::test_watch_reloads_the_worker_when_a_watched_file_changes",
+    "tests/test_e01_hello_world.py::test_one_worker_runs_two_experiments",
+]
+
+
+@pytest.hookimpl(trylast=True)  # after -k and -m have deselected
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))  # set in each xdist worker, which collects
+    long = [item for name in LONG_POLES for item in items if item.nodeid == name]
+    if workers < 2 or not long:
+        return
+    rest = [item for item in items if item not in long]
+    slices: list[list[pytest.Item]] = [[] for _ in range(workers)]
+    for index, item in enumerate(long):
+        slices[index % workers].append(item)
+    ordered, left = [], len(items)
+    for number, chunk in enumerate(slices):  # the sizes worksteal gives: what is left over the workers left
+        size = left // (workers - number)
+        take = max(size - len(chunk), 0)
+        ordered += chunk + rest[:take]
+        rest, left = rest[take:], left - len(chunk) - take
+    items[:] = ordered + rest
+
+
+@pytest.fixture(scope="session")
+def once(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Callable[..., Any]:
+    """``once(name, make, object_hook=None)``: what ``make()`` returned, through JSON, made once for the whole run.
+
+    For a run of real processes that several test files assert on (say e05's crashes: its own tests and
+    its scenario's run in test_lab_run.py). Under pytest-xdist the first process to ask makes it, under a
+    file lock in the run's shared temporary directory, and the others wait and read it (the pattern
+    pytest-xdist documents for a fixture that must run once). A failure is not saved: each asker fails.
+    """
+    shared = tmp_path_factory.getbasetemp()
+    shared = shared.parent if worker_id != "master" else shared
+
+    def get(name: str, make: Callable[[], Any], object_hook: Callable[[dict], Any] | None = None) -> Any:
+        saved = shared / f"once-{name}.json"
+        with open(shared / f"once-{name}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not saved.exists():
+                saved.write_text(json.dumps(make()))
+        return json.loads(saved.read_text(), object_hook=object_hook)
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def e05_crashes(once) -> SimpleNamespace:
+    """e05's phases with real processes and signals (``scenarios/e05_crash_recovery.play_crashes``), played
+    once per test run on a private redis-server: e05's tests and its scenario in test_lab_run.py read them."""
+    need_redis_server()
+
+    def play() -> dict:
+        scene = importlib.import_module("scenarios.e05_crash_recovery")
+        with RedisServer() as server:
+            return asdict(scene.play_crashes(server.url, "e05-tests"))
+
+    # attributes where the keys are names (kills.kills[0].held), a dict where they are words (counts["ran twice"])
+    return once("e05-crashes", play,
+                object_hook=lambda d: SimpleNamespace(**d) if all(k.isidentifier() for k in d) else d)
+
+
+@pytest.fixture(scope="session")
+def e10_tiny(once, redis_server: str) -> dict[str, Any]:
+    """The report of one run of e10's benchmark, its tiny plan (a few hundred messages, real `dramatiq`
+    processes), on redis-server, once per test run: e10's tests and its scenario in test_lab_run.py read it."""
+
+    def play() -> dict[str, Any]:
+        from benchmarks import e10_bench  # here: only these tests need the benchmark
+
+        broker = lab.use_broker(lab.make_broker(redis_server))
+        e10 = experiments.load(experiments.find("e10"))
+        try:
+            report = e10_bench.measure(e10, redis_server, e10_bench.PLANS["tiny"], namespace="e10-test")
+            report["keys_after"] = [k.decode() for k in broker.client.scan_iter("e10-test*")]
+            return report
+        finally:
+            broker.close()
+
+    return once("e10-tiny", play)
+
+
 @pytest.fixture(scope="session")
 def redis_server_process() -> Iterator[RedisServer]:
     """A real redis-server on a free loopback port, persistence off, for the whole session."""
@@ -75,6 +203,38 @@ def real_redis_url(redis_server: str) -> str:
     client.flushall()
     client.close()
     return redis_server
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_server() -> lab.rabbitmq_share.SharedRabbit:
+    """The run's private rabbitmq-server (management plugin on), started once for all xdist workers."""
+    need_rabbitmq_server()
+    return shared_rabbit()
+
+
+@pytest.fixture
+def rabbitmq_url(rabbitmq_server, request: pytest.FixtureRequest) -> Iterator[str]:
+    """``amqp://`` URL of a new, empty vhost on the run's RabbitMQ, for this test only (deleted after it)."""
+    vhost = f"test-{os.environ.get('PYTEST_XDIST_WORKER', 'main')}-{os.urandom(4).hex()}"
+    url = new_vhost(rabbitmq_server, vhost)
+    yield url
+    delete_vhost(rabbitmq_server, vhost)
+
+
+@pytest.fixture
+def private_rabbitmq() -> Iterator[Callable[..., RabbitServer]]:
+    """``private_rabbitmq(config=["consumer_timeout = 3000"], ...)``: a rabbitmq-server of this test's own
+    (5 to 8 s to start), for a server setting the shared one does not have; stopped at teardown."""
+    need_rabbitmq_server()
+    started: list[RabbitServer] = []
+
+    def start(**options: Any) -> RabbitServer:
+        started.append(RabbitServer(**options))
+        return started[-1]
+
+    yield start
+    for server in started:
+        server.close()
 
 
 @pytest.fixture(params=["fakeredis", "redis"])

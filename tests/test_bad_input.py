@@ -182,6 +182,48 @@ def test_every_entry_point_fails_in_one_line_with_its_exit_code(entry, name, tem
     assert_one_line(outcome, code, says)
 
 
+# Their RabbitMQ twins. {rabbit} is the run's RabbitMQ (HOST:PORT), where guest may log in on the vhost /.
+AMQP_URLS = [
+    ("amqp-port-not-a-number", f"amqp://guest:{SECRET}@127.0.0.1:abc/%2F", USAGE, "is not a valid RabbitMQ URL"),
+    ("amqp-bad-query-option", f"amqp://guest:{SECRET}@127.0.0.1:{{free}}/%2F?heartbeat=x", USAGE,
+     "Invalid heartbeat value 'x'"),
+    ("amqp-nothing-listening", f"amqp://guest:{SECRET}@127.0.0.1:{{free}}/%2F", UNREACHABLE,
+     "cannot reach RabbitMQ at amqp://***:***@127.0.0.1:"),
+    ("amqp-http-at-the-url", "amqp://127.0.0.1:{http}/%2F?stack_timeout=0.3", UNREACHABLE, "nothing answered in AMQP"),
+    ("amqp-silent-port", "amqp://127.0.0.1:{silent}/%2F?stack_timeout=0.3", UNREACHABLE, "nothing answered in AMQP"),
+    ("amqp-wrong-password", f"amqp://guest:wrong-{SECRET}@{{rabbit}}/%2F", AUTH, "refused the user or password"),
+    ("amqp-user-without-password", f"amqp://{SECRET}@{{rabbit}}/%2F", USAGE, "'amqp://***@127.0.0.1:"),
+    ("amqp-no-such-vhost", f"amqp://guest:{SECRET}x@{{rabbit}}/no-such-vhost", AUTH, "refused the user or password"),
+    ("amqp-no-such-vhost-for-guest", "amqp://guest:guest@{rabbit}/no-such-vhost", USAGE,
+     "has no vhost 'no-such-vhost'"),
+]
+
+
+def can_work(url: str) -> bool:
+    try:
+        return bool(lab.urls.check_url(url))
+    except lab.urls.BadUrl:
+        return False
+
+
+# The entry points' plumbing is swept on Redis above; on RabbitMQ, a sender that only sends, one that waits for a
+# result, one that keeps a counter in Redis (without a Redis beside RabbitMQ it says so: exit 2), and the lab's.
+AMQP_SENDERS = ["e01", "e04", "e05 count", "lab run", "lab status", "lab purge"]
+NEEDS_REDIS_BESIDE = {"e05 count"}
+
+
+@pytest.mark.parametrize(("name", "template", "code", "says"), AMQP_URLS, ids=[u[0] for u in AMQP_URLS])
+@pytest.mark.parametrize("entry", AMQP_SENDERS)
+def test_every_entry_point_fails_in_one_line_with_its_exit_code_on_rabbitmq(entry, name, template, code, says,
+                                                                           servers, rabbitmq_server, monkeypatch,
+                                                                           capsys):
+    url = url_for(template.replace("{rabbit}", f"127.0.0.1:{rabbitmq_server.port}"), servers)
+    outcome = run(SENDERS[entry], url, monkeypatch, capsys)
+    if entry in NEEDS_REDIS_BESIDE and can_work(url):  # the missing Redis comes before any connection
+        code, says = USAGE, "this needs a Redis beside RabbitMQ (amqp://"
+    assert_one_line(outcome, code, says)
+
+
 ARGUMENTS = [
     (["e01_hello_world.py", "abc"], "Invalid value for 'N': 'abc' is not a valid integer range."),
     (["e01_hello_world.py", "-5"], "Invalid value for 'N': -5 is not in the range 0<=x<=10000."),

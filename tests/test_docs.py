@@ -21,7 +21,8 @@ README = (ROOT / "README.rst").read_text(encoding="utf-8")
 TEXT = "\n\n".join(page.read_text(encoding="utf-8") for page in pages())
 BOTH = {"broker_url", "server_url"}  # fixtures parametrized over fakeredis (or the embedded server) and redis
 REAL = {"real_redis_url", "redis_server"}
-MARK = re.compile(r"``\s*\[(redis-server|fakeredis|embedded server|no Redis)\]")
+RABBIT = {"rabbitmq_url", "rabbitmq_server", "private_rabbitmq"}  # a private rabbitmq-server (and maybe redis-server)
+MARK = re.compile(r"``\s*\[(rabbitmq-server|redis-server|fakeredis|embedded server|no Redis)\]")
 
 
 def test_readme_and_every_chapter_page_render_without_warnings():
@@ -78,11 +79,13 @@ def fixtures_reached(path: Path, name: str, seen: set[str] | None = None) -> set
 
 
 def runs_on(path: Path, name: str) -> str:
-    """"both", "redis-server" or "one" (fakeredis, the embedded server, or no Redis)."""
+    """"both", "rabbitmq-server", "redis-server" or "one" (fakeredis, the embedded server, or no Redis)."""
     reached = fixtures_reached(path, name)
+    bodies = [ast.unparse(functions(path)[f]) for f in reached if f in functions(path)]
+    if reached & RABBIT or any("need_rabbitmq_server(" in body for body in bodies):
+        return "rabbitmq-server"
     if reached & BOTH:
         return "both"
-    bodies = [ast.unparse(functions(path)[f]) for f in reached if f in functions(path)]
     if reached & REAL or any("need_redis_server(" in body for body in bodies):
         return "redis-server"
     return "one"
@@ -105,7 +108,7 @@ def test_every_unmarked_citation_runs_on_both_brokers():
     for test, mark in all_citations():
         path, name = test.split("::")
         where = runs_on(ROOT / path, name)
-        expected = {"both": [None], "redis-server": ["redis-server"],
+        expected = {"both": [None], "redis-server": ["redis-server"], "rabbitmq-server": ["rabbitmq-server"],
                     "one": ["fakeredis", "embedded server", "no Redis"]}[where]
         if mark not in expected:
             wrong.append(f"{test}: marked {mark or 'nothing'}, runs on {where}")

@@ -57,7 +57,7 @@ def test_redact_removes_a_password_from_any_text_that_quotes_it():
     ("redis://h:99999/0", "Port out of range 0-65535"),
     ("redis://h:abc/0", "Port could not be cast to integer value as 'abc'"),
     ("redis://h/abc", "the database 'abc' is not a number"),
-    ("http://h/", "it must start with redis://, rediss:// or unix://"),
+    ("http://h/", "it must start with redis://, rediss://, unix://, amqp:// or amqps://"),
     ("localhost:6379", "it must start with redis://"),
     ("redis://h/0?db=x", "Invalid value for 'db' in connection URL."),
 ])
