@@ -2,8 +2,9 @@
 
 Goal: put actors next to web requests and a database: send after commit, pass ids, keep connections short, 202 and poll.
 
-The settings, the models and the tasks module rundramatiq imports are in e14_web_app_site/: Django imports
-them by name (its __init__ says why). Both SQLite files are in a temp dir, never in the checkout.
+The rest is in e14_web_app_site/: what Django imports by name (the settings, the models, the tasks module
+rundramatiq imports: its __init__ says why), the views' JSON helpers (http.py), the sign-up's signal (signals.py)
+and the commands (commands.py). Both SQLite files are in a temp dir, never in the checkout.
 
 Run it, in three terminals (a Redis first: `redis-server` or `python -m lab serve`):
 
@@ -17,7 +18,6 @@ Run it, in three terminals (a Redis first: `redis-server` or `python -m lab serv
 """
 
 import re
-import socket
 import sys
 import time
 import uuid
@@ -25,18 +25,16 @@ from datetime import timedelta
 
 import lab
 
-import click
 import django
 import dramatiq
-import redis
-from django.core.management import call_command
 from django.db import transaction
-from django.dispatch import Signal, receiver
 from django.http import JsonResponse
 from django.urls import path
 from django.utils import timezone
 
-import e14_web_app_site  # points Django at e14_web_app_site.settings, as a manage.py does
+# Importing e14_web_app_site points Django at e14_web_app_site.settings, as a manage.py does.
+from e14_web_app_site.commands import main  # migrate, runserver, rundramatiq: this file is the project's manage.py
+from e14_web_app_site.http import BadRequest, api, choice, parsed  # JSON in and out; bad input is a 400
 
 lab.setup_broker()  # first: a bad URL is one line and exit 2, before Django has half started
 django.setup()  # django_dramatiq's AppConfig asks settings.DRAMATIQ_BROKER for the broker: the lab's
@@ -45,6 +43,7 @@ from dramatiq.results import ResultMissing, Results  # noqa: E402
 
 from e14_web_app_site.broker import lab_broker  # noqa: E402
 from e14_web_app_site.models import Email, Quote, User  # noqa: E402
+from e14_web_app_site.signals import signing_up  # noqa: E402
 
 broker = lab_broker()
 
@@ -88,46 +87,7 @@ def guard_key(symbol: str) -> str:
     return lab.key(broker, f"e14-refresh:{symbol}")
 
 
-# -- the views: JSON in and out; bad input is a 400 with one line, never a 500 ----------------------------------
-
-class BadRequest(Exception):
-    pass
-
-
-class Refused(Exception):
-    """What a receiver of `signing_up` raises to refuse a sign-up: its transaction rolls back."""
-
-
-signing_up = Signal()  # the rest of a sign-up, inside its transaction: other apps listen (a profile, a block list)
-
-
-@receiver(signing_up)
-def refuse_blocked_domains(user: User, **_: object) -> None:
-    if user.email.endswith("@blocked.example"):
-        raise Refused(f"{user.email}: that domain may not sign up")
-
-
-def api(method: str):
-    def wrap(view):
-        def checked(request, *args, **kwargs):
-            try:
-                if request.method != method:
-                    return JsonResponse({"error": f"use {method}"}, status=405)
-                return view(request, *args, **kwargs)
-            except (BadRequest, Refused) as exc:
-                return JsonResponse({"error": str(exc)}, status=400)
-            except redis.RedisError:
-                return JsonResponse({"error": "the task queue (Redis) is unreachable"}, status=503)
-        return checked
-    return wrap
-
-
-def choice(request, name: str, allowed: tuple[str, ...]) -> str:
-    value = request.GET.get(name, request.POST.get(name, allowed[0]))
-    if value not in allowed:
-        raise BadRequest(f"{name} must be one of {', '.join(allowed)}, not {value[:40]!r}")
-    return value
-
+# -- the views: JSON in and out; `api` answers bad input with a 400 and one line, never a 500 --------------
 
 @api("POST")
 def signup(request):
@@ -144,7 +104,7 @@ def signup(request):
             send_welcome.send(user.id)  # a worker may run it now, before the row is committed
         elif send == "on_commit":
             transaction.on_commit(lambda: send_welcome.send(user.id))  # only once the row is there; never on rollback
-        signing_up.send(sender=User, user=user)
+        signing_up.send(sender=User, user=user)  # other apps' receivers: one refuses, and all this rolls back
     if send == "inline":
         send_welcome(user.id)  # a direct call runs the actor here: the user waits for the SMTP server
     return JsonResponse({"user": user.id, "email": email, "welcome": "sent" if send == "inline" else "queued"},
@@ -178,10 +138,7 @@ def reports(request):
 @api("GET")
 def task_status(request, task_id: str):
     """What django_dramatiq's Task table says (enqueued, running, done, failed), and the result once done."""
-    try:
-        uuid.UUID(task_id)
-    except ValueError:
-        raise BadRequest("a task id is a UUID") from None
+    parsed(task_id, uuid.UUID, "a task id is a UUID")
     task = Task.tasks.using("tasks").filter(id=task_id).first()
     if task is None:
         return JsonResponse({"error": f"no task {task_id}"}, status=404)
@@ -197,58 +154,8 @@ def task_status(request, task_id: str):
     return JsonResponse(body)
 
 
-urlpatterns = [
-    path("signup", signup), path("quotes/<str:symbol>", quote), path("reports", reports),
-    path("tasks/<str:task_id>", task_status),
-]
-
-
-# -- the commands: this file is the project's manage.py --------------------------------------------------------
-
-@click.group(cls=lab.Group, epilog=lab.EXIT_CODES_HELP.replace("130", "4 the port is in use, 130"))
-def main() -> None:
-    """Run Experiment 14's web app or its worker, or create its tables."""
-
-
-def one_module() -> None:
-    """The urlconf and the tasks module rundramatiq finds import this file as e14_web_app. Run as __main__, it
-    would run again under that name and declare its actors twice, which Dramatiq 2 refuses."""
-    sys.modules.setdefault("e14_web_app", sys.modules[__name__])
-
-
-@main.command()
-def migrate() -> None:
-    """Create the tables of both SQLite files (in a temp dir) if they are missing."""
-    e14_web_app_site.migrate()
-    click.echo(f"tables ready in {e14_web_app_site.settings.DATA_DIR}")
-
-
-@main.command()
-@click.argument("port", type=click.IntRange(1, 65535), default=8014)
-def runserver(port: int) -> None:
-    """Serve the app on 127.0.0.1:PORT (Django's runserver, no autoreload), once Redis answers."""
-    lab.broker.check_redis(broker)
-    with socket.socket() as probe:
-        if probe.connect_ex(("127.0.0.1", port)) == 0:
-            raise lab.Failure(f"port {port} on 127.0.0.1 is in use; pick another PORT", lab.EXIT_TIMEOUT)
-    e14_web_app_site.migrate()
-    one_module()
-    call_command("runserver", f"127.0.0.1:{port}", use_reloader=False)
-
-
-@main.command()
-@click.option("--processes", "-p", type=click.IntRange(1, 64), default=1, show_default=True)
-@click.option("--threads", "-t", type=click.IntRange(1, 64), default=8, show_default=True)
-@click.option("--queues", "-Q", multiple=True, help="A queue to listen to (repeat it); default: all.")
-def rundramatiq(processes: int, threads: int, queues: tuple[str, ...]) -> None:
-    """Start the worker as django_dramatiq's `manage.py rundramatiq` does (it execs `dramatiq`)."""
-    for queue in queues:
-        if "," in queue:  # dramatiq would listen to one queue of that name, which nothing sends to
-            raise click.BadParameter(f"{queue!r} is one queue name with commas in it; repeat -Q for each queue",
-                                     param_hint="--queues")
-    lab.broker.check_redis(broker)
-    one_module()
-    call_command("rundramatiq", processes=processes, threads=threads, queues=queues or None)
+urlpatterns = [path("signup", signup), path("quotes/<str:symbol>", quote), path("reports", reports),
+               path("tasks/<str:task_id>", task_status)]
 
 
 if __name__ == "__main__":

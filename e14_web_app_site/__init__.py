@@ -1,4 +1,5 @@
-"""What Django imports by name for Experiment 14, so it cannot live in e14_web_app.py.
+"""Experiment 14's Django project: what Django imports by name, so it cannot live in e14_web_app.py, and the
+plumbing a reader of the experiment can skip.
 
 - ``settings.py``: a process that calls ``django.setup()`` before anything of ours runs
   (``rundramatiq`` execs ``dramatiq django_dramatiq.setup ...``) finds its settings only
@@ -11,6 +12,13 @@
   Django's RuntimeError "Conflicting models".
 - ``tasks.py``: ``rundramatiq`` imports each installed app's ``tasks`` module; ours
   imports the experiment's actors.
+- ``broker.py``: the broker django_dramatiq asks for when Django starts: the lab's.
+- ``http.py``, ``signals.py``, ``commands.py``: the views' JSON helpers and the errors they answer
+  with a 400, the signal a sign-up sends inside its transaction, and the experiment's commands
+  (``migrate``, ``runserver``, ``rundramatiq``).
+
+Imports go one way: e14_web_app imports this package's modules, and none of them imports it
+but ``tasks.py``, which only ``rundramatiq``'s worker loads (by name, as Django loads the urlconf).
 """
 
 from __future__ import annotations

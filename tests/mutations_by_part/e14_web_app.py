@@ -41,10 +41,10 @@ MUTATIONS = [
                  '        tasks_modules = ["django_dramatiq.setup"]', "        tasks_modules = []")],
          why="rundramatiq no longer puts django_dramatiq.setup first: Django is not set up in the worker"),
     dict(name="e14-views-let-refusals-through", lesson="The views answer a bad request with a 400",
-         edits=[("lab:e14_web_app.py", "            except (BadRequest, Refused) as exc:",
+         edits=[("lab:e14_web_app_site/http.py", "            except (BadRequest, Refused) as exc:",
                  "            except BadRequest as exc:")],
          why="a refused sign-up escapes the view: a 500 with a traceback instead of a 400"),
     dict(name="e14-views-lose-their-wrapper", lesson="The same app runs as a real server and a real worker",
-         edits=[("lab:e14_web_app.py", "        return checked\n", "        return view\n")],
+         edits=[("lab:e14_web_app_site/http.py", "        return checked\n", "        return view\n")],
          why="the views lose their method and error handling: a bad sign-up over HTTP is a 500"),
 ]
