@@ -4,15 +4,16 @@ Goal: measure how fast Dramatiq moves messages on your machine, next to the limi
 
 Run it (against redis-server: `redis-server --port 6390 --save ''` and DRAMATIQ_REDIS_URL=redis://127.0.0.1:6390/0):
 
-    python e10_throughput.py            # the whole report, about 7 minutes with the peers installed
-    python e10_throughput.py --quick    # about a minute (two with the peers): two setups, smaller batches
+    python e10_throughput.py            # the whole report: about 11 minutes with the peers (estimated)
+    python e10_throughput.py --quick    # about a minute (three with the peers, estimated): two setups, smaller batches
     python e10_throughput.py --json     # the same report for scripts
     python e10_throughput.py --rst      # and the table README.rst shows, ready to paste
     dramatiq e10_throughput             # its actors, for your own measurements
 
 It starts its own `dramatiq` workers, in a namespace of its own, and deletes its keys when done.
 With RQ, Huey and Celery installed (pip install -r benchmarks/requirements-peers.txt) it runs the
-same jobs with them too, on the same Redis. This file keeps the actors; benchmarks/ measures, and
+same jobs with them too, on the same Redis, each at its defaults and at 2 processes x 8 threads.
+This file keeps the actors; benchmarks/ measures, and
 never imports this file (the workers import it by name).
 On memory:// (or `python -m lab serve`) it runs on the embedded fakeredis server: not Redis figures.
 """

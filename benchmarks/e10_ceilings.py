@@ -21,7 +21,6 @@ import csv
 import os
 import queue
 import shutil
-import signal
 import subprocess
 import sys
 import threading
@@ -35,7 +34,8 @@ import lab
 import dramatiq
 import redis
 
-from benchmarks.e10_common import QUEUE, ROOT, Config, Ledger, Plan, figure
+from benchmarks import e10_pool
+from benchmarks.e10_common import QUEUE, Config, Ledger, Plan, figure
 from benchmarks.e10_drains import fill, release
 
 #: EVALSHA dispatch arguments after the command: timestamp, queue, caller id, heartbeat timeout, dead TTL,
@@ -96,10 +96,8 @@ class Limits:
             ledger
         self.message = dramatiq.Message(queue_name=QUEUE, actor_name="does_nothing", args=("limit",), kwargs={},
                                         options={})
-        self.drivers = [subprocess.Popen(
-            [sys.executable, "-m", "benchmarks.e10_ceilings", "driver", namespace, str(config.effective_prefetch),
-             str(config.threads)], cwd=ROOT, env=env(url), start_new_session=True, stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE, text=True) for _ in range(config.processes)]
+        self.drivers = e10_pool.start("benchmarks.e10_ceilings", ["driver", namespace,
+                                      str(config.effective_prefetch), str(config.threads)], config.processes, env(url))
 
     def ready(self, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
@@ -109,25 +107,16 @@ class Limits:
                 raise RuntimeError(f"dispatch drivers not ready: {failed[0].stderr.read()[-300:] if failed else ''}")
             time.sleep(0.01)
 
-    def run(self, count: int, real: bool) -> dict[str, Any]:
+    def run(self, count: int, real: bool, server_us_per_poll: float = 0.0) -> dict[str, Any]:
         ids = fill(self.client, self.ns, [self.message] * count)
         pids = [d.pid for d in self.drivers]
         return release(self.client, self.ns, ids, pids, poll_s=self.plan.poll_s, real=real, ledger=self.ledger,
-                       batch=f"limit {self.config.label}",
+                       batch=f"limit {self.config.label}", server_us_per_poll=server_us_per_poll,
                        go=lambda: self.client.rpush(f"{self.ns}:__e10__.go", *["go"] * len(self.drivers)))
 
     def stop(self) -> None:
         self.client.rpush(f"{self.ns}:__e10__.go", *["stop"] * len(self.drivers))
-        for driver in self.drivers:
-            try:
-                if driver.wait(timeout=10) != 0:
-                    self.ledger.problems.append(f"a dispatch driver exited {driver.returncode}: "
-                                                f"{driver.stderr.read()[-300:]}")
-            except subprocess.TimeoutExpired:
-                self.ledger.problems.append("a dispatch driver did not stop")
-                os.killpg(driver.pid, signal.SIGKILL)
-                driver.wait()
-            driver.stderr.close()
+        e10_pool.stop(self.drivers, self.ledger.problems, "a dispatch driver")
 
 
 def drive(broker: Any, prefetch: int, threads: int) -> None:

@@ -133,7 +133,7 @@ FIELDS = {
     "consistency": ("sent", "processed", "batches", "left", "workers", "ok", "problems"),
 }
 ROW_FIELDS = ("config", "kind", "actor", "processes", "threads", "prefetch", "prefetch_set", "roles", "messages",
-              "rate", "pickup_ms", "cpu_ms_per_message", "bench_cpu_ms_per_message", "bench_core_share")
+              "rate", "pickup_ms", "timing_error", "cpu_ms_per_message", "bench_cpu_ms_per_message", "bench_core_share")
 LIMIT_FIELDS = ("config", "clients", "prefetch", "rate", "of_limit", "cpu_ms_per_message", "redis_benchmark")
 
 

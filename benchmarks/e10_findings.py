@@ -59,14 +59,19 @@ def recommended(report: dict[str, Any]) -> dict[str, Any]:
            "of_limit": row["of_limit"]["median"], "why": ""}
     cpu = row["cpu_ms_per_message"]["median"]
     driver = limit["cpu_ms_per_message"]["median"]
-    cores = report["conditions"]["cores"]
+    cores, share = report["conditions"]["cores"], row["bench_core_share"]["median"]
     parts = [f"each message cost the worker processes {cpu:.3f} ms of CPU, the dispatch drivers "
              f"{driver:.3f} ms: the workers' own share (the actor call, middleware, the hand-off between threads) "
-             f"is {max(cpu - driver, 0):.3f} ms, and {cores} cores allow at most {cores * 1000 / cpu:,.0f} msg/s "
-             f"of such work if the workers had every core"]
-    if row["server_cpu_ms_per_message"] and limit["server_cpu_ms_per_message"]:
-        parts.append(f"redis-server spent {row['server_cpu_ms_per_message']['median']:.3f} ms a message under the "
-                     f"workers and {limit['server_cpu_ms_per_message']['median']:.3f} under the drivers")
-    parts.append(f"the bench's own polling took {row['bench_core_share']['median']:.1%} of a core")
+             f"is {max(cpu - driver, 0):.3f} ms, and {cores} cores, less the bench's {share:.1%} of one, allow at "
+             f"most {(cores - share) * 1000 / cpu:,.0f} msg/s of such work if the workers had them all"]
+    net, raw = row["server_cpu_ms_per_message"], row["server_cpu_ms_per_message_with_polls"]
+    if net and limit["server_cpu_ms_per_message"]:
+        parts.append(f"redis-server spent {net['median']:.3f} ms a message under the workers and "
+                     f"{limit['server_cpu_ms_per_message']['median']:.3f} under the drivers, net of the bench's "
+                     f"polls ({raw['median']:.3f} and {limit['server_cpu_ms_per_message_with_polls']['median']:.3f} "
+                     "with them)")
+    parts.append(f"the bench's own polling took {share:.1%} of a core ({row['bench_cpu_ms_per_message']['median']:.4f} "
+                 f"ms of its CPU a message; the workers' figures never included it), and each drain's time is "
+                 f"known to {row['timing_error']['max']:.1%} or better")
     out["why"] = "; ".join(parts)
     return out

@@ -72,12 +72,14 @@ def tables(report: dict[str, Any]) -> Tables:
                      med(m["of_limit"], "{:.0%}"), f"{drain['cpu_ms_per_message']['median']:.3f}",
                      f"{m['cpu_ms_per_message']['median']:.3f}",
                      "n/a" if drain["server_cpu_ms_per_message"] is None
-                     else f"{drain['server_cpu_ms_per_message']['median']:.3f}",
+                     else f"{drain['server_cpu_ms_per_message']['median']:.3f} "
+                          f"({drain['server_cpu_ms_per_message_with_polls']['median']:.3f})",
                      f"{drain['bench_core_share']['median']:.1%}"))
     out.append(("does_nothing drained by the workers, against Dramatiq's protocol limit at the same processes, "
                 "threads and prefetch (the dispatch script driven with no actor and no worker); msg/s; CPU ms a "
-                "message", ("setup", "prefetch", "limit", "drain", "drain / limit", "CPU workers", "CPU drivers",
-                            "CPU redis", "bench, of a core"), body))
+                "message; redis-server's net of the bench's polls (with them)",
+                ("setup", "prefetch", "limit", "drain", "drain / limit", "CPU workers", "CPU drivers",
+                 "CPU redis", "bench, of a core"), body))
     body = []
     one, many = report["enqueue"]["one_sender"], report["enqueue"].get("senders")
     body.append(("Enqueue, send() from 1 process, msg/s", med(one["rate"])))
@@ -106,14 +108,15 @@ def tables(report: dict[str, Any]) -> Tables:
     peers = report.get("peers") or {}
     if peers.get("available"):
         limit = peers.get("redis_limit")
-        body = [(f"{r['library']} {r['version']}", r["kind"] + (f" {r['ms']} ms" if r["ms"] else ""), med(r["rate"]),
-                 f"{r['of_redis']:.1%}" if "of_redis" in r else "n/a", med(r["enqueue"]),
-                 f"{r['cpu_ms_per_job']['median']:.2f}", f"{r['commands_per_job']['median']:.1f}",
+        body = [(f"{r['library']} {r['version']}", r["kind"] + (f" {r['ms']} ms" if r["ms"] else ""),
+                 f"{r['setup']}: {r['workers']}", med(r["rate"]), f"{r['of_redis']:.1%}" if "of_redis" in r else "n/a",
+                 med(r["enqueue"]), f"{r['cpu_ms_per_job']['median']:.2f}", f"{r['commands_per_job']['median']:.1f}",
                  "yes" if r["ran_once"] else "NO") for r in peers["rows"]]
-        out.append(("The same jobs on the same Redis, Dramatiq beside RQ, Huey and Celery, 2 processes x 8 threads "
-                    f"(RQ: 2 processes, a fork per job); jobs/s; of {limit['what'] if limit else 'the Redis limit'}",
-                    ("library", "job", "drain", "of Redis", "enqueue", "CPU ms a job", "Redis commands a job",
-                     "each ran once"), body))
+        out.append(("The same jobs on the same Redis, Dramatiq beside RQ, Huey and Celery, each at its defaults "
+                    "and at 2 processes x 8 threads (RQ: 2 processes, a fork per job), alternating; jobs/s; of "
+                    f"{limit['what'] if limit else 'the Redis limit'}",
+                    ("library", "job", "workers", "drain", "of Redis", "enqueue", "CPU ms a job",
+                     "Redis commands a job", "each ran once"), body))
     return out
 
 
@@ -167,6 +170,17 @@ def consistency_text(report: dict[str, Any]) -> str:
     return "Consistency: NOT OK: " + "; ".join(c["problems"])
 
 
+def polling_text(report: dict[str, Any]) -> str:
+    """What the bench's own polling cost, measured, and what was subtracted for it."""
+    cost, shares = report.get("polling"), [r["bench_core_share"]["max"] for r in report["processing"]]
+    if not cost or not shares:
+        return ""
+    server = (f" and redis-server {cost['server_us']:.1f} µs, subtracted from its CPU per message for every poll "
+              "a drain made" if cost["server_us"] is not None else "")
+    return (f"The bench's polling: one poll cost the bench {cost['bench_us']:.0f} µs of CPU ({cost['polls']} back to "
+            f"back){server}; during the drains the bench process took at most {max(shares):.1%} of one core.")
+
+
 def peers_text(report: dict[str, Any]) -> list[str]:
     peers = report.get("peers")
     if not peers:
@@ -188,6 +202,7 @@ def show_rich(report: dict[str, Any], out: Console) -> None:
     for line in trap_text(report):
         out.print(f"  {escape(line)}")
     out.print(escape(recommended_text(report)))
+    out.print(escape(polling_text(report)))
     for line in peers_text(report):
         out.print(escape(line))
     colour = "green" if report["consistency"]["ok"] else "red"
@@ -213,7 +228,8 @@ def rst(report: dict[str, Any]) -> str:
     for title, header, body in tables(report):
         lines += ["", *textwrap.wrap(title + ":", 78), "", *rst_table(header, body)]
     lines += ["", "From the same run:", ""]
-    for text in (*trap_text(report), recommended_text(report), *peers_text(report), consistency_text(report)):
+    for text in (*trap_text(report), recommended_text(report), polling_text(report), *peers_text(report),
+                 consistency_text(report)):
         lines += textwrap.wrap(text, 76, initial_indent="- ", subsequent_indent="  ")
     return "\n".join(lines)
 

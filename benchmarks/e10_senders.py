@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -26,7 +25,8 @@ from lab.processes import lab_env
 import dramatiq
 import redis
 
-from benchmarks.e10_common import QUEUE, ROOT, Ledger, Plan, figure
+from benchmarks import e10_pool
+from benchmarks.e10_common import QUEUE, Ledger, Plan, figure
 
 
 def pace(send: Callable[[int], object], rate: float, seconds: float) -> tuple[int, float]:
@@ -105,10 +105,9 @@ class Senders:
 
     def start(self) -> None:
         """Boot the sender processes now; they measure enqueue on a go signal, then take jobs."""
-        self.processes = [subprocess.Popen(
-            [sys.executable, "-m", "benchmarks.e10_senders", "sender", str(self.plan.sender_count),
-             str(self.plan.runs), self.send_ns, self.ns], cwd=ROOT, env=lab_env(self.url), start_new_session=True,
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for _ in range(self.plan.senders)]
+        self.processes = e10_pool.start("benchmarks.e10_senders", ["sender", str(self.plan.sender_count),
+                                        str(self.plan.runs), self.send_ns, self.ns], self.plan.senders,
+                                        lab_env(self.url))
 
     def one_sender(self) -> dict[str, Any]:
         """send() from this process, into ``<ns>-send``, which no worker reads."""
@@ -174,26 +173,17 @@ class Senders:
     def stop(self) -> None:
         if self.processes and all(sender.poll() is None for sender in self.processes):
             self.client.rpush(self.key("__e10__.jobs"), *["stop"] * len(self.processes))
-        for sender in self.processes:
-            try:
-                if sender.wait(timeout=10) != 0:
-                    self.ledger.problems.append(f"a sender process exited {sender.returncode}: "
-                                                f"{sender.stderr.read()[-300:]}")
-            except subprocess.TimeoutExpired:
-                self.ledger.problems.append("a sender process did not stop")
-                self.kill(sender)
-            sender.stderr.close()
+        e10_pool.stop(self.processes, self.ledger.problems, "a sender process")
 
-    def kill(self, sender: subprocess.Popen) -> None:
-        if sender.poll() is None:
-            os.killpg(sender.pid, signal.SIGKILL)
-            sender.wait()
+    def wait(self, condition: Callable[[], Any], timeout: float, what: str, interval: float | None = None) -> None:
+        """Wait for ``condition``; RuntimeError, with what a failed sender said, at the deadline or if one fails.
 
-    def wait(self, condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.005) -> None:
-        """Wait for ``condition``; RuntimeError, with what a failed sender said, at the deadline or if one fails."""
+        Polled every ``plan.poll_s`` (at least 5 ms): what is timed here is timed by the senders' and the
+        actors' own clocks, so a poll only has to notice the end, and a rarer one leaves the cores to them."""
         def failed() -> list[subprocess.Popen]:
             return [p for p in self.processes if p.poll() not in (None, 0)]
 
+        interval = interval or max(self.plan.poll_s, 0.005)
         if not lab.wait_until(lambda: condition() or failed(), timeout=timeout, interval=interval) or failed():
             said = "; ".join(p.stderr.read().strip().splitlines()[-1] for p in failed() if p.stderr) or "nothing"
             raise RuntimeError(f"gave up waiting for {what} after {timeout} s (a failed process said: {said})")

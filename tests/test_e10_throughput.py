@@ -8,9 +8,7 @@ of the benchmark, with real `dramatiq` processes on redis-server, loses nothing 
 from __future__ import annotations
 
 import ast
-import fcntl
 import importlib.util
-import json
 import os
 import subprocess
 import sys
@@ -20,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import lab
-from lab import experiments
 from lab.keys import key
 from lab.server import EmbeddedRedis
 
@@ -32,43 +29,19 @@ import redis
 from click.testing import CliRunner
 from dramatiq.brokers.stub import StubBroker
 
-from benchmarks import e10_bench, e10_ceilings, e10_common, e10_peers, e10_senders
+from benchmarks import e10_bench, e10_ceilings, e10_common, e10_drains, e10_peers, e10_senders
 from conftest import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
-NAMESPACE = "e10-test"
 TINY_RUNS = e10_bench.PLANS["tiny"].runs  # 2: the fewest that still pair each drain with its own limit
 
 
-def run_tiny(url: str) -> dict[str, Any]:
-    """One run of the benchmark's tiny plan on ``url``: a few hundred messages, real processes."""
-    broker = lab.use_broker(lab.make_broker(url))
-    e10 = experiments.load(experiments.find("e10"))
-    try:
-        report = e10_bench.measure(e10, url, e10_bench.PLANS["tiny"], namespace=NAMESPACE)
-        report["keys_after"] = [k.decode() for k in broker.client.scan_iter(f"{NAMESPACE}*")]
-        return report
-    finally:
-        broker.close()
-
-
-@pytest.fixture(scope="module")
-def tiny(redis_server: str, tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> dict[str, Any]:
-    """The tiny run's report, made once for the whole test session: each test below reads one finding.
-
-    Under pytest-xdist the first worker process to get here runs it, and the others read its report
-    (the pattern pytest-xdist documents for a fixture that must run once).
-    """
-    if worker_id == "master":
-        return run_tiny(redis_server)
-    shared = tmp_path_factory.getbasetemp().parent
-    with open(shared / "e10-tiny.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        saved = shared / "e10-tiny-report.json"
-        if not saved.exists():
-            saved.write_text(json.dumps(run_tiny(redis_server)))
-        return json.loads(saved.read_text())
+@pytest.fixture
+def tiny(e10_tiny: dict[str, Any]) -> dict[str, Any]:
+    """The report of one run of the benchmark's tiny plan on redis-server (a few hundred messages, real
+    processes), made once for the whole test run (conftest's ``e10_tiny``): each test below reads one finding."""
+    return e10_tiny
 
 
 @pytest.fixture
@@ -219,19 +192,72 @@ def test_the_bench_never_imports_the_experiment_and_each_room_stays_small():
     assert [name for name, found in imports.items() if "benchmarks.e10_bench" in found] == []
 
 
-@pytest.mark.e2e
-@pytest.mark.skipif(bool(e10_peers.missing()), reason=f"the peers are not installed ({e10_peers.INSTALL})")
-def test_every_job_of_every_library_ran_exactly_once(redis_server):
-    # Given 100 no-op jobs for each of Dramatiq, RQ, Huey and Celery, on the same redis-server
-    ledger, client = e10_common.Ledger(), redis.Redis.from_url(redis_server)
-    peers = e10_peers.compare(redis_server, "e10-test-peers", 1, {"noop": 100}, 1, client, ledger)
-    # then each library ran each of its jobs once: no job lost, none run twice
-    assert [(r["library"], r["jobs"], r["ran_once"]) for r in peers["rows"]] == [
-        (library, 100, True) for library in ("dramatiq", "rq", "huey", "celery")]
-    assert ledger.problems == []
-    assert list(client.scan_iter("e10-test-peers*")) == []
-    assert [q for q in client.smembers("rq:queues") if b"e10-test-peers" in q] == []
-    client.close()
+class SteadyDrain:
+    """A drain on a fake clock, for ``release()`` as its client and its ``time``: picked up 60 ms after the
+    push, then 3,000 messages acked evenly over 1 s; redis-server's CPU is 10 µs a poll and 50 µs a message."""
+
+    def __init__(self) -> None:
+        self.now, self.pushed, self.polls = 1000.0, None, 0
+
+    def time(self) -> float:
+        return self.now
+
+    monotonic = process_time = time
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+    def acked(self) -> int:
+        return 0 if self.pushed is None else min(3000, int(max(0.0, self.now - self.pushed - 0.06) * 3000))
+
+    def rpush(self, name: str, *ids: str) -> None:
+        self.pushed = self.now
+
+    def llen(self, name: str) -> int:
+        self.polls += 1
+        return 3000 if self.now - self.pushed < 0.06 else max(0, 3000 - 64 - self.acked())
+
+    def hlen(self, name: str) -> int:
+        self.polls += 1
+        return 3000 - self.acked()
+
+    def info(self, section: str) -> dict[str, Any]:
+        if section == "cpu":
+            return {"used_cpu_user": self.polls * 10e-6 + self.acked() * 50e-6, "used_cpu_sys": 0.0}
+        return {"cmdstat_evalsha": {"calls": 0}}
+
+
+def test_the_bench_polls_a_drain_sparsely_and_subtracts_what_its_polls_cost_redis(monkeypatch):
+    drain = SteadyDrain()
+    monkeypatch.setattr(e10_drains, "time", drain)
+    monkeypatch.setattr(e10_drains, "cpu_seconds", lambda pids: 0.0)
+    # Given 3,000 messages, picked up after 60 ms and acked evenly over 1 s, and a poll costing redis-server 10 µs
+    found = e10_drains.release(drain, "e10", ["id"] * 3000, [], poll_s=0.02, real=True, ledger=e10_common.Ledger(),
+                               batch="steady", server_us_per_poll=10)
+    # then the bench polled two dozen times, where one poll every 20 ms would have taken 62
+    assert 15 <= found["polls"] <= 30, found["polls"]
+    # and still knew each moment to within half its gap: the rate is 3,000/s to 1.5 %, the pick-up 60 ms
+    assert found["timing_error"] < 0.015 and found["rate"] == pytest.approx(3000, rel=found["timing_error"])
+    assert found["pickup_ms"] == pytest.approx(60, abs=3)
+    # and redis-server's CPU per message is given net of the polls it served, and with them
+    assert found["server_cpu_ms_per_message"] == pytest.approx(0.050)
+    assert found["server_cpu_ms_per_message_with_polls"] == pytest.approx(0.050 + found["polls"] * 0.010 / 3000)
+
+
+def test_at_its_defaults_each_library_gets_no_option_of_processes_or_threads():
+    concurrency = {"--processes", "-p", "--threads", "-t", "-w", "--workers", "-k", "--worker-type", "-c",
+                   "--concurrency", "--pool", "-P"}
+    for library in e10_peers.LIBRARIES:
+        defaults = e10_peers.workers(library, "q", "redis://unused", "defaults")
+        matched = e10_peers.workers(library, "q", "redis://unused", "matched")
+        # at its defaults: one worker command, with no option of processes or threads, so the library decides
+        assert len(defaults) == 1 and concurrency.isdisjoint(defaults[0]), (library, defaults)
+        # matched: 2 processes of 8 threads (one dramatiq command of 2; two of the others; RQ has no threads)
+        options = [a for cmd in matched for a in cmd if a in concurrency or a in ("2", "8", "threads", "thread")]
+        assert options == {"dramatiq": ["--processes", "2", "--threads", "8"], "rq": [],
+                           "huey": ["-w", "8", "-k", "thread"] * 2,
+                           "celery": ["--pool", "threads", "-c", "8"] * 2}[library], (library, matched)
+        assert len(matched) == (1 if library == "dramatiq" else 2)
 
 
 def test_without_the_peers_the_report_says_what_to_install(monkeypatch):
