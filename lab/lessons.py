@@ -9,10 +9,14 @@ lesson's own words next to what this run observed, and the two cannot drift apar
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import io
+import json
+import os
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from functools import cache
 from pathlib import Path
 
@@ -21,6 +25,7 @@ import docutils.nodes
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.rst"
+CACHE = Path(__file__).resolve().parent / "__pycache__"
 
 
 def pages() -> tuple[Path, ...]:
@@ -82,11 +87,23 @@ def _section_title(node: docutils.nodes.Node) -> str:
 
 @cache
 def lessons(*paths: Path) -> tuple[Lesson, ...]:
-    """Every lesson in ``paths`` (default: :func:`pages`), in the order they appear."""
-    found = []
-    for path in paths or pages():
-        found += _lessons_of(path)
-    return tuple(found)
+    """Every lesson in ``paths`` (default: :func:`pages`), in the order they appear.
+
+    Parsing the pages takes most of a second of CPU, in every process that runs a scenario: so what
+    it found is kept in lab/__pycache__/, under a name made of the pages' paths, sizes and times.
+    """
+    paths = paths or pages()
+    stats = [(str(path), path.stat().st_size, path.stat().st_mtime_ns) for path in paths]
+    saved = CACHE / f"lessons-{hashlib.sha256(repr(stats).encode()).hexdigest()[:16]}.json"
+    with contextlib.suppress(OSError, ValueError, TypeError):
+        return tuple(Lesson(section, text, tuple(tests)) for section, text, tests in json.loads(saved.read_text()))
+    found = tuple(lesson for path in paths for lesson in _lessons_of(path))
+    with contextlib.suppress(OSError):  # a read-only checkout parses every time
+        CACHE.mkdir(exist_ok=True)
+        partial = saved.with_suffix(f".{os.getpid()}")
+        partial.write_text(json.dumps([astuple(lesson) for lesson in found]))
+        partial.replace(saved)  # whole or not at all, for a process reading it meanwhile
+    return found
 
 
 def _lessons_of(path: Path) -> list[Lesson]:

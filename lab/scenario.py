@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dramatiq
 import redis
@@ -26,8 +26,10 @@ from dramatiq.errors import BrokerConnectionError
 
 from .processes import WorkerProcess
 from .recorder import Attempt, Enqueue, Recorder, wait_until
-from .server import EmbeddedRedis
 from .urls import MEMORY_URL, NAMESPACE_ENV
+
+if TYPE_CHECKING:  # imported where used: every process that imports lab would load fakeredis (0.05 s)
+    from .server import EmbeddedRedis
 
 #: How often :meth:`Run.wait_until` asks Redis whether it is still there, in seconds.
 PING_INTERVAL = 0.1
@@ -124,6 +126,8 @@ class Run:
             return self.broker.lab_url
         if self._embedded is None:
             fake_server = self.broker.client.connection_pool.connection_kwargs["server"]
+            from .server import EmbeddedRedis
+
             self._embedded = EmbeddedRedis(port=0, fake_server=fake_server).start()
         return self._embedded.url
 

@@ -7,14 +7,12 @@ signals share one run of the scenario's phases on a private redis-server (``cras
 
 from __future__ import annotations
 
-import fcntl
 import importlib
 import json
 import logging
 import math
 import os
 import statistics
-from dataclasses import asdict
 from types import ModuleType, SimpleNamespace
 
 import lab
@@ -376,26 +374,12 @@ def test_a_restart_between_two_commands_leaves_no_trace_though_nothing_is_retrie
 # -- real processes and signals, on a private redis-server ------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def crashes(tmp_path_factory, worker_id) -> SimpleNamespace:
-    """The scenario's phases with real processes, run once per test session on a private redis-server.
-
-    Under pytest-xdist, whichever worker comes first runs them, under a file lock in the session's
-    shared temporary directory, and the others read its observations (xdist's documented way to run
-    a fixture once). Each phase stops its processes and its redis-servers, even when it fails.
-    """
-    need_redis_server()
-    shared = tmp_path_factory.getbasetemp()
-    shared = shared.parent if worker_id != "master" else shared
-    observed = shared / "e05-crashes.json"
-    with open(shared / "e05-crashes.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not observed.exists():
-            with RedisServer() as server:
-                scene = importlib.import_module("scenarios.e05_crash_recovery")
-                observed.write_text(json.dumps(asdict(scene.play_crashes(server.url, "e05-tests"))))
-    return json.loads(observed.read_text(),
-                      object_hook=lambda d: SimpleNamespace(**d) if all(k.isidentifier() for k in d) else d)
+@pytest.fixture
+def crashes(e05_crashes) -> SimpleNamespace:
+    """The scenario's phases with real processes, run once per test run on a private redis-server (conftest's
+    ``e05_crashes``, which the scenario's run on redis-server in test_lab_run.py reads too). Each phase stops
+    its processes and its redis-servers, even when it fails."""
+    return e05_crashes
 
 
 @pytest.mark.e2e

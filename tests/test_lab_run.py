@@ -9,6 +9,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import ModuleType, SimpleNamespace
 
 import lab
 from lab import experiments
@@ -20,6 +21,7 @@ import pytest
 import redis
 from click.testing import CliRunner, Result
 
+from benchmarks import e10_bench
 from conftest import ROOT, RedisServer, free_port, lab_env, need_redis_server
 
 WITH_SCENARIO = [e.name for e in experiments.all_experiments() if e.has_scenario]
@@ -44,10 +46,38 @@ def test_every_experiment_has_a_scenario_and_a_test_file():
         assert (ROOT / "tests" / f"test_{exp.name}.py").exists(), f"tests/test_{exp.name}.py is missing"
 
 
+def reads_e05_crashes(monkeypatch: pytest.MonkeyPatch, crashes: SimpleNamespace) -> None:
+    """Make e05's scenario check the crashes its tests observe (conftest's ``e05_crashes``: play_crashes on a
+    private redis-server, once per test run) instead of playing them a second time (about 8 s)."""
+    load_scenario = experiments.load_scenario
+
+    def load(experiment: experiments.Experiment) -> ModuleType:
+        scenario = load_scenario(experiment)  # reloaded: patched after
+        monkeypatch.setattr(scenario, "play_crashes", lambda url, namespace: crashes)
+        return scenario
+
+    monkeypatch.setattr(experiments, "load_scenario", load)
+
+
+def reads_e10_tiny_run(monkeypatch: pytest.MonkeyPatch, report: dict) -> None:
+    """Make e10's scenario check the report of the benchmark's run that e10's tests observe on redis-server
+    (conftest's ``e10_tiny``: the tiny plan, a superset of the scenario's, once per test run) instead of
+    measuring a second time (about 5 s); the scenario's own plan still runs on fakeredis, in `run all`."""
+    monkeypatch.setattr(e10_bench, "measure", lambda module, url, plan, namespace: report)
+
+
+# Scenario phases that an experiment's own tests also play on redis-server: there, the scenario reads them.
+SHARED_RUNS = {"e05_crash_recovery": (reads_e05_crashes, "e05_crashes"),
+               "e10_throughput": (reads_e10_tiny_run, "e10_tiny")}
+
+
 @pytest.mark.parametrize("name", WITH_SCENARIO)
-def test_every_scenario_holds_every_lesson(real_redis_url, name):
+def test_every_scenario_holds_every_lesson(real_redis_url, name, request, monkeypatch):
     # Given one experiment's scenario, when `python -m lab run` plays it on a real redis-server
     # (test_run_all_plays_every_scenario_in_one_process plays them all on fakeredis)
+    if name in SHARED_RUNS:
+        reads, fixture = SHARED_RUNS[name]
+        reads(monkeypatch, request.getfixturevalue(fixture))
     result = invoke("run", name, "--redis", real_redis_url, "--json")
     # then every lesson it checks held, and each check prints a lesson of README.rst, cited by its test
     assert result.exit_code == 0, result.output
