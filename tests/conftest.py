@@ -95,8 +95,9 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 LONG_POLES = [
     "tests/test_lab_run.py::test_run_all_plays_every_scenario_in_one_process",
     "tests/test_e10_throughput.py::test_a_tiny_run_ran_every_message_it_sent_exactly_once",  # e10_tiny
-    "tests/test_e05_crash_recovery.py::test_a_killed_worker_leaves_its_running_and_prefetched_messages_in_its_acks_set",
     "tests/test_bad_input.py::test_ctrl_c_while_a_command_waits_ends_it_in_one_line_and_leaves_nothing_behind",
+    # (not e05_crashes: its first phase wants its worker's two children to boot about together, which they
+    # may not while the first tests above start some 20 processes)
     "tests/test_e07_scheduling.py::test_each_scheduler_process_sends_once_per_fire_time_and_stops_cleanly",
     "tests/test_e02_error_handling.py::test_worker_cli_retries_dead_letters_and_stops_cleanly",
     "tests/test_e01_hello_world.py::test_watch_reloads_the_worker_when_a_watched_file_changes",
