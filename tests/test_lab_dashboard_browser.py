@@ -174,6 +174,18 @@ def page_state(driver) -> dict:
         };""")
 
 
+def click(browser, selector: str) -> bool:
+    """Click what ``selector`` finds; False when the page redrew it between the find and the click (it redraws
+    its tables every refresh), so that the caller tries again."""
+    from selenium.common.exceptions import StaleElementReferenceException
+
+    try:
+        browser.find_element("css selector", selector).click()
+    except StaleElementReferenceException:
+        return False
+    return True
+
+
 def test_the_page_follows_the_queues_and_requeues_a_dead_letter_only_with_the_token(
         real_redis_url, dashboard, worker, browser, tmp_path):
     from selenium.webdriver.support.wait import WebDriverWait
@@ -228,7 +240,7 @@ def test_the_page_follows_the_queues_and_requeues_a_dead_letter_only_with_the_to
 
         # when the flag is set and the requeue button is clicked, and the page's question answered yes
         client.set(flag, 1)
-        browser.find_element("css selector", f'tr[data-message-id="{sent.message_id}"] button').click()
+        until(lambda: click(browser, f'tr[data-message-id="{sent.message_id}"] button'), timeout=5)
         until(lambda: _alert(browser) is not None, timeout=5)
         question = browser.switch_to.alert.text
         browser.switch_to.alert.accept()
@@ -236,7 +248,8 @@ def test_the_page_follows_the_queues_and_requeues_a_dead_letter_only_with_the_to
         until(lambda: client.get(f"{flag}:ran") == b"1")
         until(lambda: page_state(browser)["letters"] == [])
         assert question.startswith(f"Put fragile({sent.message_id}) back at the end of {QUEUE}?")
-        until(lambda: browser.find_element("id", "said").text.startswith("Requeued fragile"))
+        until(lambda: browser.execute_script("return document.getElementById('said').textContent")
+              .startswith("Requeued fragile"))
         assert page_state(browser)["marker"] == "opened once", "the page reloaded"
     finally:
         client.close()
