@@ -285,7 +285,7 @@ def test_a_url_that_is_not_redis_is_a_usage_error(command):
     result = lab_cli(*command, "--redis", "http://localhost:6379")
     assert result.exit_code == 2
     assert result.output == ("python -m lab: 'http://localhost:6379' is not a valid Redis URL (DRAMATIQ_REDIS_URL "
-                             "or --redis): it must start with redis://, rediss:// or unix:// (or be memory://)\n")
+                             "or --redis): it must start with redis://, rediss://, unix://, amqp:// or amqps:// (or be memory://)\n")
 
 
 @pytest.mark.parametrize("command", COMMANDS)
