@@ -81,3 +81,5 @@ def show(console: Console, exp: Experiment, run: Run, *, verbose: bool = False) 
     if verbose and run.attempts():
         console.print(attempts_table(run))
     console.print(lessons_table(run, verbose=verbose))
+    for table in getattr(run, "tables", ()):  # a scenario's own tables (e13's brokers side by side), after
+        console.print(table)
