@@ -2,7 +2,8 @@
 
 Exit codes (every command): 0 ok; 1 a lesson did not hold (run) or purge
 was declined; 2 bad arguments, unknown experiment or bad URL; 3 Redis
-unreachable; 4 serve or dashboard cannot listen on its port; 5 Redis refused the password;
+unreachable (rabbitmq: rabbitmq-server missing); 4 serve, dashboard or rabbitmq cannot listen on its port;
+5 Redis refused the password;
 130 interrupted by Ctrl-C.
 """
 
@@ -23,6 +24,7 @@ from .canary import canary
 from .dashboard import dashboard
 from .failures import EXIT_FAILED, Group
 from .options import redis_option
+from .private_rabbit import rabbitmq
 from .purge import purge
 from .report import show
 from .scenario import Run, run_scenario, worker_log
@@ -47,6 +49,7 @@ cli.add_command(status)
 cli.add_command(purge)
 cli.add_command(canary)
 cli.add_command(dashboard)
+cli.add_command(rabbitmq)
 
 
 @cli.command("list")
@@ -95,7 +98,8 @@ def run(experiment: str, url: str, as_json: bool, verbose: bool, log: bool) -> N
                 if not as_json:
                     show(out, exp, runs[-1], verbose=verbose)
     finally:
-        if url != MEMORY_URL:
+        # the run's Redis keys; on RabbitMQ with no Redis beside it there are none (its client is a stand-in)
+        if url != MEMORY_URL and getattr(broker, "lab_redis_url", url) is not None:
             delete_keys(broker, namespace)
         broker.close()
     if as_json:

@@ -30,6 +30,7 @@ from urllib.parse import urlsplit
 import click
 from dramatiq.brokers.redis import RedisBroker
 
+from .broker import is_rabbitmq
 from .failures import UNREACHABLE, Failure, how_to_get_redis
 from .keys import purge_queue, queue_names, requeue_dead_letter
 from .options import Seconds, redis_option
@@ -76,6 +77,29 @@ class RedisSource:
         if queue not in queue_names(self.broker):
             raise LookupError(f"no queue {queue!r} on {self.where}")
         found = purge_queue(self.broker, queue)  # what `python -m lab purge QUEUE --yes` does
+        return f"Removed {found.ready + found.delayed} message(s) from {queue}: {describe(found, False)}."
+
+
+class RabbitSource(RedisSource):
+    """The same on RabbitMQ: status's snapshot (counts and consumers, no heartbeats, no dead letters listed),
+    purge's ``queue.purge``. Requeue needs a listed dead letter, and RabbitMQ's are counted, not listed: 404."""
+
+    def __init__(self, broker: RedisBroker, newest: int) -> None:
+        from .rabbit_status import GONE  # pika only for who asks for RabbitMQ
+
+        super().__init__(broker, newest)
+        self.gone = UNREACHABLE + GONE
+
+    def requeue(self, queue: str, message_id: str) -> str:
+        raise LookupError(f"no dead letter {message_id} listed in {queue}: on RabbitMQ the dashboard counts dead "
+                          "letters and cannot requeue them (yet)")
+
+    def purge(self, queue: str) -> str:
+        from .rabbit_status import purge_rabbit_queue, rabbit_queue_names
+
+        if queue not in rabbit_queue_names(self.broker):
+            raise LookupError(f"no queue {queue!r} on {self.where}")
+        found = purge_rabbit_queue(self.broker, queue)  # what `python -m lab purge QUEUE --yes` does
         return f"Removed {found.ready + found.delayed} message(s) from {queue}: {describe(found, False)}."
 
 
@@ -214,7 +238,7 @@ def dashboard(url: str, port: int, host: str, interval: float, newest: int) -> N
     """
     broker = open_broker(url)  # unreachable, refused, memory://: the lab's one line and exit code
     try:
-        server = listen(RedisSource(broker, newest), host, port, interval)
+        server = listen((RabbitSource if is_rabbitmq(broker) else RedisSource)(broker, newest), host, port, interval)
         if not server.loopback:
             click.echo(f"warning: listening on {host}, not loopback: whoever reaches port {server.server_address[1]} "
                        "can see your queues and messages' arguments, and requeue and purge.", err=True)

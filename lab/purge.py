@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import click
 
-from .keys import QueueCounts, purge_queue, queue_names
+from .broker import is_rabbitmq
+from .keys import QueueCounts
 from .options import redis_option
 from .status import EXIT_CODES, open_broker, read_snapshot
 from .urls import DEFAULT_URL, mask_url
@@ -20,10 +21,20 @@ def purge(queue: str, url: str, dead_letters: bool, yes: bool) -> None:
     """Remove the messages waiting in QUEUE: ready and delayed (and dead letters with --dead-letters).
 
     Messages a worker is running are left alone: it finishes them. (Dramatiq's
-    own flush() would also delete the dead letters.)
+    own flush() would also delete the dead letters.) On RabbitMQ it is
+    queue.purge of QUEUE and QUEUE.DQ (and QUEUE.XQ): what a worker holds
+    stays, the delayed messages it took included.
     """
     broker = open_broker(url)
     try:
+        if is_rabbitmq(broker):  # queue.purge on the server: lab/rabbit_status.py
+            from .rabbit_status import declare_if_there
+            from .rabbit_status import purge_rabbit_queue as purge_queue
+            from .rabbit_status import rabbit_queue_names as queue_names
+
+            declare_if_there(broker, queue)  # without the management API, only declared queues are counted
+        else:
+            from .keys import purge_queue, queue_names
         known = queue_names(broker)
         if queue not in known:
             raise click.BadParameter(f"no queue {queue!r} on {mask_url(url)} (known: {', '.join(known)})",
@@ -43,6 +54,8 @@ def purge(queue: str, url: str, dead_letters: bool, yes: bool) -> None:
             f"{found.dead} dead letter(s) kept (--dead-letters removes them)"]
         if before.in_flight:
             notes.append(f"{before.in_flight} in flight left to their workers")
+        elif before.in_flight is None:  # RabbitMQ without its management API: it cannot tell
+            notes.append("what workers hold (in flight, and delayed ones they took) is left to them")
         if found.held_delayed:
             notes.append(f"{found.held_delayed} of the delayed were already held in memory by a worker, "
                          "which will still run them when due (stop that worker first to drop them)")

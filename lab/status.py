@@ -26,7 +26,7 @@ from rich.table import Table
 from rich.text import Text
 
 from . import experiments
-from .broker import connect, use_broker
+from .broker import connect, is_rabbitmq, use_broker
 from .failures import UNREACHABLE, how_to_get_redis
 from .keys import QueueCounts, count_queues, dead_letters, key_names
 from .options import Seconds, redis_option
@@ -99,7 +99,15 @@ def why(options: dict) -> str:
 
 
 def read_snapshot(broker: RedisBroker, *, newest: int = 5) -> Snapshot:
-    """Counts for every queue, every heartbeat, and the ``newest`` dead letters, from Redis as it is now."""
+    """Counts for every queue, every heartbeat, and the ``newest`` dead letters, from Redis as it is now.
+
+    On RabbitMQ, counts and consumers per queue (lab/rabbit_status.py): it has no heartbeats, and
+    its dead letters can be counted but not read without taking them.
+    """
+    if is_rabbitmq(broker):
+        from .rabbit_status import read_rabbit_snapshot  # pika only for who asks for RabbitMQ
+
+        return read_rabbit_snapshot(broker)
     counts, holding, beats = count_queues(broker, key_names(broker))
 
     now = int(time.time() * 1000)
@@ -156,6 +164,10 @@ def fit(busy: int, workers: int, letters: int, height: int | None) -> tuple[int,
 def render(snapshot: Snapshot, size: tuple[int, int] | None = None) -> Group:
     """The snapshot as rich tables: queues (busy ones first, idle ones folded into one line), workers, dead
     letters. With ``size`` (a live view's columns and lines), rows are cut to fit, each row kept to one line."""
+    if getattr(snapshot, "broker", "redis") == "rabbitmq":
+        from .rabbit_status import render_rabbit
+
+        return render_rabbit(snapshot)
     width, height = size or (0, None)
     now = snapshot.taken_at_ms
     busy = sorted((q for q in snapshot.queues if _busy(q)), key=lambda q: (-(q.ready + q.in_flight + q.dead), q.name))
@@ -236,7 +248,10 @@ def status(url: str, watch: bool, interval: float, count: int | None, newest: in
     """Queues (ready, delayed, in flight, dead), live workers and the newest dead letters.
 
     Reads Dramatiq's keys in the Redis at URL with plain commands, so it
-    never shows up as a worker itself.
+    never shows up as a worker itself. On RabbitMQ (an amqp:// URL): ready,
+    delayed, in flight, dead and consumers per queue, from the management
+    API ($LAB_RABBITMQ_MANAGEMENT_URL, else port 15672), else from AMQP alone
+    (ready and consumers only; the output says which).
     """
     broker = open_broker(url)
     try:
@@ -258,6 +273,15 @@ def status(url: str, watch: bool, interval: float, count: int | None, newest: in
         broker.close()
 
 
+def gone(broker: RedisBroker) -> tuple[type[BaseException], ...]:
+    """What reading raises when the broker's server went away: redis-py's errors, and pika's on RabbitMQ."""
+    if is_rabbitmq(broker):
+        from .rabbit_status import GONE
+
+        return UNREACHABLE + GONE
+    return UNREACHABLE
+
+
 def _refreshes(interval: float, count: int | None) -> Iterator[int]:
     """1, 2, ... (up to ``count``), ``interval`` seconds apart."""
     number = 0
@@ -272,7 +296,7 @@ def _watch_json(broker: RedisBroker, interval: float, count: int | None, newest:
     for _ in _refreshes(interval, count):
         try:
             click.echo(json.dumps(read_snapshot(broker, newest=newest).as_dict()))
-        except UNREACHABLE:  # the server went away: say so, and keep trying
+        except gone(broker):  # the server went away: say so, and keep trying
             click.echo(json.dumps({"error": how_to_get_redis(broker.lab_url)}))
 
 
@@ -282,7 +306,7 @@ def _watch_live(broker: RedisBroker, interval: float, count: int | None, newest:
             try:
                 snapshot = read_snapshot(broker, newest=newest)
                 view = render(snapshot, (out.size.width, out.size.height - 1))  # and a line for the cursor
-            except UNREACHABLE:  # the server went away: say so, and keep trying
+            except gone(broker):  # the server went away: say so, and keep trying
                 view = Text(how_to_get_redis(broker.lab_url), style="red")
             footer = Text(f"refresh {number}, every {interval:g} s; Ctrl-C to stop", style="dim")
             live.update(Group(view, footer), refresh=True)

@@ -76,6 +76,8 @@ SENDERS = {
     "e11 remind": ["e11_testing.py", "remind", "ada@example.com", "--in", "100"],
     "e12": ["e12_async_and_middleware.py", "report", "1"],
     "e12 switch": ["e12_async_and_middleware.py", "switch", "off"],
+    "e13": ["e13_rabbitmq.py", "work", "1"],
+    "e13 greet": ["e13_rabbitmq.py", "greet", "--priority", "9"],
     "e14 runserver": ["e14_web_app.py", "runserver", "8014"],
     "e14 rundramatiq": ["e14_web_app.py", "rundramatiq", "-p", "1"],
     "e15": ["e15_monitoring.py", "mix"],
@@ -208,7 +210,7 @@ def can_work(url: str) -> bool:
 
 # The entry points' plumbing is swept on Redis above; on RabbitMQ, a sender that only sends, one that waits for a
 # result, one that keeps a counter in Redis (without a Redis beside RabbitMQ it says so: exit 2), and the lab's.
-AMQP_SENDERS = ["e01", "e04", "e05 count", "lab run", "lab status", "lab purge"]
+AMQP_SENDERS = ["e01", "e04", "e05 count", "e13", "lab run", "lab status", "lab purge"]
 NEEDS_REDIS_BESIDE = {"e05 count"}
 
 
@@ -361,9 +363,10 @@ VALID_ARGUMENTS = {
     ("e11_testing.py", "demo"): [], ("e11_testing.py", "receipt"): ["2"], ("e11_testing.py", "remind"): ["a@b.c"],
     ("e12_async_and_middleware.py", "nap"): ["1"], ("e12_async_and_middleware.py", "whoami"): [],
     ("e12_async_and_middleware.py", "report"): ["1"], ("e12_async_and_middleware.py", "switch"): ["off"],
+    ("e13_rabbitmq.py", "work"): ["1"], ("e13_rabbitmq.py", "greet"): [], ("e13_rabbitmq.py", "fail"): [],
     ("e14_web_app.py", "migrate"): [], ("e14_web_app.py", "runserver"): ["8014"], ("e14_web_app.py", "rundramatiq"): [],
     **{("e15_monitoring.py", name): [] for name in ("mix", "hold", "release", "scrape")},
-    **{("-m lab", name): [] for name in ("serve", "status", "canary", "list", "dashboard")},
+    **{("-m lab", name): [] for name in ("serve", "status", "canary", "list", "dashboard", "rabbitmq")},
     ("-m lab", "purge"): ["e01"], ("-m lab", "run"): ["e01"],
 }
 
