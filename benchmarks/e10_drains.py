@@ -8,7 +8,7 @@ acked). The same clock times the workers' drains here and the dispatch script's 
 (``e10_ceilings``), so the two compare like with like.
 
 The bench polls to see those moments, one plain command at a time: LLEN every 5 ms until the first
-fetch (the pick-up after idle is tens of ms), then HLEN after a third of the time the drain has
+fetch (the pick-up after idle is tens of ms), then HLEN, once a tenth is done, after a quarter of the time the drain has
 left at its rate so far, and never sooner than ``plan.poll_s`` (20 ms) or a 50th of the time
 drained so far: a few polls where the end is far, and the last gap as short as before. Each
 moment is the middle of the gap between the poll before it and the poll that saw it;
@@ -107,10 +107,12 @@ def release(client: redis.Redis, namespace: str, ids: list[str], pids: list[int]
             ended = now
         else:
             before, so_far = now, now - fetched
-            # a third of the time left at the rate so far (the rest would have to run 3 times as fast to end
-            # unseen), and never under poll_s or a 50th of the time drained so far: the end known to 1 %
-            left = stored * so_far / (count - stored) if stored < count else 0.0
-            time.sleep(max(poll_s, so_far / 50, left / 3))
+            # a quarter of the time left at the rate so far (the rest would have to run 4 times as fast to end
+            # unseen), once a tenth is done: before that the rate so far is the slow start (pick-up, the first
+            # fetches) and would sleep past the end. Never under poll_s or a 50th of the time drained so far.
+            done = count - stored
+            left = stored * so_far / done if done >= count / 10 else 0.0
+            time.sleep(max(poll_s, so_far / 50, left / 4))
     bench_cpu = time.process_time() - bench_cpu
     took = max(ended - fetched, 1e-3)
     after = server_cpu(client, real)
