@@ -19,7 +19,6 @@ import errno
 import hmac
 import json
 import secrets
-import signal
 import sys
 import threading
 from http import HTTPStatus
@@ -35,7 +34,7 @@ from .failures import UNREACHABLE, Failure, how_to_get_redis
 from .keys import purge_queue, queue_names, requeue_dead_letter
 from .options import Seconds, redis_option
 from .purge import describe
-from .server import EXIT_CANNOT_LISTEN
+from .server import EXIT_CANNOT_LISTEN, until_stopped
 from .status import open_broker, read_snapshot
 from .urls import DEFAULT_URL, mask_url
 
@@ -242,18 +241,14 @@ def dashboard(url: str, port: int, host: str, interval: float, newest: int) -> N
         if not server.loopback:
             click.echo(f"warning: listening on {host}, not loopback: whoever reaches port {server.server_address[1]} "
                        "can see your queues and messages' arguments, and requeue and purge.", err=True)
-        stopping = threading.Event()
-        previous = {sig: signal.signal(sig, lambda *_: stopping.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
         thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
         thread.start()
         try:
-            click.echo(f"Dashboard of {mask_url(url)} on {server.url} (Ctrl-C stops it)")
-            sys.stdout.flush()
-            while not stopping.wait(0.2):
-                pass
+            with until_stopped() as wait:
+                click.echo(f"Dashboard of {mask_url(url)} on {server.url} (Ctrl-C stops it)")
+                sys.stdout.flush()
+                wait()
         finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
             server.shutdown()
             thread.join()
             server.server_close()

@@ -13,13 +13,12 @@ import shutil
 import signal
 import socket
 import sys
-import threading
 
 import click
 
 from .failures import EXIT_UNREACHABLE, Failure
 from .processes import PortTaken, RabbitServer
-from .server import EXIT_CANNOT_LISTEN
+from .server import EXIT_CANNOT_LISTEN, until_stopped
 from .urls import BROKER_URL_ENV
 
 EXIT_CODES = (f"Exit codes: 0 stopped by Ctrl-C or SIGTERM; 2 bad arguments; {EXIT_UNREACHABLE} rabbitmq-server "
@@ -73,19 +72,16 @@ def rabbitmq(port: int) -> None:
                       EXIT_CANNOT_LISTEN) from None
     except (TimeoutError, RuntimeError) as exc:
         raise Failure(f"rabbitmq-server did not start: {str(exc)[-200:]}", EXIT_UNREACHABLE) from None
-    stopping = threading.Event()
-    previous = {sig: signal.signal(sig, lambda *_: stopping.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        click.echo(f"RabbitMQ {server.url} ready in {server.ready_seconds:.1f} s; management API on "
-                   f"http://127.0.0.1:{server.management_port} (guest/guest). Ctrl-C stops it; its data is gone then.")
-        click.echo(f"export {BROKER_URL_ENV}={server.url}")
-        click.echo(f"export LAB_RABBITMQ_MANAGEMENT_URL=http://guest:guest@127.0.0.1:{server.management_port}")
-        sys.stdout.flush()
-        while not stopping.wait(0.2):
-            pass
+        with until_stopped() as wait:
+            click.echo(f"RabbitMQ {server.url} ready in {server.ready_seconds:.1f} s; management API on "
+                       f"http://127.0.0.1:{server.management_port} (guest/guest). Ctrl-C stops it; "
+                       "its data is gone then.")
+            click.echo(f"export {BROKER_URL_ENV}={server.url}")
+            click.echo(f"export LAB_RABBITMQ_MANAGEMENT_URL=http://guest:guest@127.0.0.1:{server.management_port}")
+            sys.stdout.flush()
+            wait()
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
         # Its data is thrown away, so no clean stop: with the management plugin that takes 6 s, a kill 0.1 s.
         server.stop(signal.SIGKILL)
         shutil.rmtree(server.dir, ignore_errors=True)

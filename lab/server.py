@@ -23,7 +23,8 @@ from __future__ import annotations
 import errno
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from importlib import resources
 from types import TracebackType
 
@@ -165,6 +166,25 @@ class EmbeddedRedis:
         self.stop()
 
 
+@contextmanager
+def until_stopped() -> Iterator[Callable[[], None]]:
+    """While the block runs, Ctrl-C and SIGTERM ask it to stop instead of interrupting it; the block calls the
+    function it gets to wait for that. The handlers from before are put back at the end. For the commands that
+    run until stopped and then exit 0: serve, dashboard, rabbitmq."""
+    stopping = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stopping.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def wait() -> None:
+        while not stopping.wait(0.2):
+            pass
+
+    try:
+        yield wait
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def _why_not_listening(port: int, exc: OSError) -> str:
     """One line: why ``port`` cannot be used, and what to do."""
     if exc.errno != errno.EADDRINUSE:
@@ -206,14 +226,7 @@ def serve(port: int) -> None:
     except OSError as exc:
         raise Failure(_why_not_listening(port, exc), EXIT_CANNOT_LISTEN) from None
 
-    stopping = threading.Event()
-    previous = {sig: signal.signal(sig, lambda *_: stopping.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        with server:
-            click.echo(ready_line(server))
-            while not stopping.wait(0.2):
-                pass
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    with until_stopped() as wait, server:
+        click.echo(ready_line(server))
+        wait()
     click.echo(f"Stopped; the data it held is gone ({len(server.error_replies)} error replies sent).")
