@@ -84,8 +84,20 @@ def pytest_configure(config: pytest.Config) -> None:
         config.lab_rabbitmq_share = open_share()
 
 
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    # The shared RabbitMQ is `python -m lab rabbitmq`, as a learner starts it: Ctrl-C must stop it with exit
+    # code 0, its last line, and nothing left. If not, the run fails, saying why.
+    share, session.config.lab_rabbitmq_share = getattr(session.config, "lab_rabbitmq_share", None), None
+    problem = close_share(share) if share else None
+    if problem:
+        writer = session.config.get_terminal_writer()
+        writer.line()
+        writer.line(f"FAILED at the end of the run: {problem}", red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
 def pytest_unconfigure(config: pytest.Config) -> None:
-    if getattr(config, "lab_rabbitmq_share", None):
+    if getattr(config, "lab_rabbitmq_share", None):  # the session did not finish: still nothing left
         close_share(config.lab_rabbitmq_share)
 
 

@@ -9,6 +9,7 @@ counts are samples (every 5 s by default), so the test waits for them with a dea
 from __future__ import annotations
 
 import json
+import re
 import socket
 import time
 from collections.abc import Iterator
@@ -17,9 +18,11 @@ import lab
 from lab.cli import cli
 from lab.dashboard import RabbitSource
 from lab.rabbit_status import MANAGEMENT_ENV, read_rabbit_snapshot
+from lab.rabbitmq import management
 from lab.recorder import wait_until
 
 import dramatiq
+import pika
 import pytest
 from click.testing import CliRunner
 
@@ -121,6 +124,25 @@ def test_status_on_rabbitmq_counts_ready_delayed_in_flight_dead_and_consumers_th
 
 
 # -- python -m lab rabbitmq --------------------------------------------------------------------
+
+
+def test_the_run_s_rabbitmq_is_python_m_lab_rabbitmq_as_a_learner_starts_it(rabbitmq_server):
+    # Given the run's shared RabbitMQ: `python -m lab rabbitmq`, started by the first test that needed it
+    # (lab/rabbitmq_share.py; conftest presses Ctrl-C at the run's end and fails the run unless it stops with
+    # exit code 0, "Stopped; its data is gone." and no process left)
+    port, management_port = rabbitmq_server.port, rabbitmq_server.management_port
+    # then it printed its URL, how long it took, its management API, and the two lines to paste
+    assert rabbitmq_server.said.splitlines() == [
+        f"RabbitMQ amqp://guest:guest@127.0.0.1:{port}/%2F ready in {rabbitmq_server.ready_seconds:.1f} s; "
+        f"management API on http://127.0.0.1:{management_port} (guest/guest). Ctrl-C stops it; its data is gone "
+        "then.",
+        f"export DRAMATIQ_BROKER_URL=amqp://guest:guest@127.0.0.1:{port}/%2F",
+        f"export LAB_RABBITMQ_MANAGEMENT_URL=http://guest:guest@127.0.0.1:{management_port}",
+    ]
+    # and both answer: the management API names the server, AMQP takes a connection
+    assert re.fullmatch(r"\d+\.\d+\.\d+", management(rabbitmq_server.management_url, "GET", "/api/overview")[
+        "rabbitmq_version"])
+    pika.BlockingConnection(pika.URLParameters(rabbitmq_server.url_for("/"))).close()
 
 
 def test_lab_rabbitmq_refuses_a_port_in_use_and_a_missing_server_in_one_line(monkeypatch):
