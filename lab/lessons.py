@@ -15,6 +15,7 @@ import io
 import json
 import os
 import re
+import time
 from collections.abc import Iterator
 from dataclasses import astuple, dataclass
 from functools import cache
@@ -103,6 +104,9 @@ def lessons(*paths: Path) -> tuple[Lesson, ...]:
         partial = saved.with_suffix(f".{os.getpid()}")
         partial.write_text(json.dumps([astuple(lesson) for lesson in found]))
         partial.replace(saved)  # whole or not at all, for a process reading it meanwhile
+        for old in CACHE.glob("lessons-*.json"):  # an edit of the pages makes a new one: keep the last few
+            if old != saved and time.time() - old.stat().st_mtime > 3600:
+                old.unlink(missing_ok=True)
     return found
 
 
