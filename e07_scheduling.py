@@ -21,12 +21,14 @@ from datetime import datetime, timezone
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import lab
+from lab.broker import check_redis
 
 import click
 import dramatiq
 import redis
 from apscheduler.schedulers.blocking import BlockingScheduler
 from apscheduler.triggers.cron import CronTrigger
+from dramatiq.errors import BrokerConnectionError
 from dramatiq.middleware import CurrentMessage
 from dramatiq.rate_limits import ConcurrentRateLimiter
 from dramatiq.rate_limits.backends import RedisBackend
@@ -92,7 +94,7 @@ def enqueue(actor_name: str, source: str, ms: int) -> None:
     """The scheduler's whole job: put one message on the queue. It returns at once; a worker runs the actor."""
     try:
         lab.confirm(broker.get_actor(actor_name).send(source, ms))
-    except redis.RedisError as exc:  # this run is lost; the scheduler goes on to the next one
+    except (redis.RedisError, BrokerConnectionError) as exc:  # this run is lost; the scheduler goes on to the next one
         click.echo(f"{datetime.now():%H:%M:%S} not sent: {actor_name}: {type(exc).__name__}: {exc}", err=True)
 
 
@@ -119,7 +121,7 @@ def run_scheduler(crontab: str, every: int | None, tz: str, actor: str, ms: int)
     if every and click.get_current_context().get_parameter_source("crontab") != click.core.ParameterSource.DEFAULT:
         raise click.UsageError("--cron and --every exclude each other: choose one.")
     trigger = CronTrigger(second=f"*/{every}", timezone=tz) if every else cron_trigger(crontab, tz, "--cron")
-    broker.client.ping()  # no Redis: one line and exit 3 now, not an error at every fire time
+    check_redis(broker)  # its broker (Redis or RabbitMQ) down: one line and exit 3 now, not an error at every fire time
     scheduler = make_scheduler(trigger, actor, ms)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # SystemExit(0) from scheduler.start(), below
     signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C works even if a shell's `&` ignored it

@@ -122,6 +122,7 @@ def main() -> None:
 def send(kind: str, count: int, hold: int, limit: int) -> None:
     """Send COUNT messages of KIND, each working --hold ms."""
     actor = {a.actor_name: a for a in (free, mutexed, skipping, patient, locked)}[kind]
+    broker.client.ping()  # the counts and limiters live in Redis: none (beside RabbitMQ) fails here, not in a worker
     for n in range(count):
         actor.send(n, hold, limit) if kind == "patient" else actor.send(n, hold)
     click.echo(f"sent {count} x {kind}  queue={QUEUE}")

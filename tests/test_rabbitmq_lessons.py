@@ -2,8 +2,10 @@
 
 Each test loads an experiment on a RabbitmqBroker (a new vhost of the run's shared RabbitMQ,
 the ``rabbitmq_url`` fixture), with a Redis beside it where the experiment keeps results or
-switches there (e04, e12), and runs its actors on an in-process worker, as the experiments'
-own tests do on Redis. Where a lesson reads a queue, it reads RabbitMQ's: a passive
+switches (e04, e12) or its limiters and counts (e09) there, and runs its actors on an in-process
+worker, as the experiments' own tests do on Redis; e07's schedulers run on the scenario's fake
+clock. A few need no server: what a command says when RabbitMQ, or the Redis beside it, is
+missing. Where a lesson reads a queue, it reads RabbitMQ's: a passive
 ``queue.declare`` (exact, not the management API's samples). No ``broker.join``: on RabbitMQ it
 waits for 10 empty checks 100 ms apart (Experiment 13), so the tests wait on what the
 recorder saw, with deadlines.
@@ -11,21 +13,31 @@ recorder saw, with deadlines.
 
 from __future__ import annotations
 
+import contextlib
+import importlib
+import io
+from collections import Counter
 from collections.abc import Callable, Iterator
+from datetime import datetime, timezone
 from types import ModuleType
+from urllib.parse import urlsplit
 
 import lab
 from lab import experiments
+from lab.processes import free_port
 from lab.rabbit_status import amqp_counts
 from lab.urls import BROKER_URL_ENV, URL_ENV
 
 import dramatiq
 import pika
 import pytest
+from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_EXECUTED
 from dramatiq import Message
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
+from dramatiq.middleware import GroupCallbacks
 
 UNLUCKY = 17
+UTC = timezone.utc
 
 
 class Lab:
@@ -64,9 +76,12 @@ class Lab:
     def outcomes(self, actor: str) -> list[str]:
         return [a.outcome for a in self.recorder.attempts_of(actor)]
 
+    def stop_workers(self) -> None:
+        while self.workers:
+            lab.stop_worker(self.workers.pop())
+
     def close(self) -> None:
-        for worker in self.workers:
-            lab.stop_worker(worker)
+        self.stop_workers()
         self.broker.close()
 
 
@@ -162,6 +177,64 @@ def test_e04_a_pipeline_passes_each_result_on_with_results_in_the_redis_beside(r
     assert list(group.get_results(block=True, timeout=10_000)) == [9, 1, 4]
 
 
+def test_e07_every_scheduler_sends_every_run_and_a_worker_runs_each_message_once_on_rabbitmq(rabbit):
+    # Given two of e07's schedulers on RabbitMQ (two scheduler processes, or one per worker process), on a fake clock
+    lab_ = rabbit()
+    e07 = lab_.load("e07")
+    steps = importlib.import_module("scenarios.e07_scheduling")  # FakeClock, SteppedScheduler: no real minute
+    ready, events = [], []
+    with steps.FakeClock(datetime(2025, 1, 6, 8, 59, 30, tzinfo=UTC)) as clock, \
+            contextlib.redirect_stdout(io.StringIO()):  # enqueue() prints a line per message it sends
+        schedulers = [steps.stepped(e07.cron_trigger("* * * * *")) for _ in range(2)]
+        try:
+            # when the clock passes three fire times, 09:00, 09:01, 09:02
+            for minute in range(3):
+                clock.set(2025, 1, 6, 9, minute)
+                for scheduler in schedulers:
+                    events += scheduler.step()
+                # a publish reaches the queue a moment after basic_publish returns: wait for it, then count
+                lab.wait_until(lambda n=2 * (minute + 1): lab_.ready("e07") == [n], timeout=5)
+                ready.append(lab_.ready("e07")[0])
+        finally:
+            for scheduler in schedulers:
+                scheduler.shutdown()
+    # then every fire time put two messages in RabbitMQ's e07 queue, and each job run only enqueued, without error
+    assert ready == [2, 4, 6]
+    assert (steps.count(events, EVENT_JOB_EXECUTED), steps.count(events, EVENT_JOB_ERROR)) == (6, 0)
+    # when a worker runs them, then it ran each message once, so each fire time twice, and nothing is left
+    lab_.start_worker()
+    assert lab.wait_until(lambda: lab_.outcomes("report") == ["ok"] * 6, timeout=10), lab_.recorder.attempts
+    lab_.stop_workers()
+    sent = [e.message_id for e in lab_.recorder.enqueues_of("report")]
+    assert Counter(a.message_id for a in lab_.recorder.attempts_of("report")) == dict.fromkeys(sent, 1)
+    assert lab_.ready("e07", "e07.DQ") == [0, 0]
+
+
+def test_e07_the_scheduler_checks_rabbitmq_when_it_starts_and_a_run_it_cannot_send_is_one_line(monkeypatch, capsys):
+    # Given e07 on a RabbitMQ URL where nothing listens, and no Redis beside it (its report needs none)
+    monkeypatch.setenv(BROKER_URL_ENV, f"amqp://guest:guest@127.0.0.1:{free_port()}/%2F")
+    monkeypatch.delenv(URL_ENV, raising=False)
+    monkeypatch.setattr(lab.broker, "_broker", None)  # as in a new process
+    monkeypatch.setattr(lab.urls, "_in_use", None)
+    e07 = experiments.load(experiments.find("e07"))
+    # when the scheduler starts, then it checks RabbitMQ, not a Redis: one line and exit 3
+    with pytest.raises(SystemExit) as exit_:
+        e07.main(["scheduler"], prog_name="e07_scheduling.py")
+    err = capsys.readouterr().err
+    assert exit_.value.code == 3 and err.count("\n") == 1 and "cannot reach RabbitMQ at amqp://***:***@" in err, err
+    # and a fire time whose message cannot be sent is one line, and lost: the scheduler's job does not fail
+    steps = importlib.import_module("scenarios.e07_scheduling")
+    with steps.FakeClock(datetime(2025, 1, 6, 9, 0, 30, tzinfo=UTC)) as clock:
+        scheduler = steps.stepped(e07.cron_trigger("* * * * *"))
+        clock.set(2025, 1, 6, 9, 1)
+        events = scheduler.step()
+        scheduler.shutdown()
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and " not sent: report: ConnectionClosed: " in lines[0], lines
+    assert (steps.count(events, EVENT_JOB_EXECUTED), steps.count(events, EVENT_JOB_ERROR)) == (1, 0)
+    e07.broker.close()
+
+
 def test_e08_a_message_past_its_max_age_is_skipped_into_the_dead_letters_on_rabbitmq(rabbit):
     # Given a message due in 200 ms with a max_age of 50 ms, and flaky(1): it fails once, then succeeds
     lab_ = rabbit()
@@ -211,3 +284,55 @@ def test_e12_async_actors_run_on_the_event_loop_and_a_skipped_message_is_acked_o
     assert [e.message_id for e in lab_.recorder.enqueues_of("switched_report")] == [skipped.message_id]
     # and it was acked: nothing waits in e12, nothing in its dead letters
     assert lab.wait_until(lambda: lab_.ready("e12", "e12.XQ") in ([0, 0], [0, None]), timeout=5)
+
+
+def test_e09_a_busy_mutex_in_the_redis_beside_retries_through_e09_dq_and_dead_letters_on_rabbitmq(rabbit,
+                                                                                                 real_redis_url):
+    # Given e09 on RabbitMQ, its mutex and counts in the Redis beside it: the broker's client, as on Redis
+    lab_ = rabbit(redis_beside=real_redis_url)
+    e09 = lab_.load("e09")
+    [callbacks] = [m for m in lab_.broker.middleware if isinstance(m, GroupCallbacks)]
+    assert e09.backend.client is lab_.broker.client is callbacks.rate_limiter_backend.client
+    assert lab_.broker.client.connection_pool.connection_kwargs["port"] == urlsplit(real_redis_url).port
+    # when the mutex is held elsewhere (by the test) while 3 messages meet it each of three ways
+    with e09.MUTEX.acquire():
+        mutexed = [e09.mutexed.send_with_options(args=(n, 50), max_retries=1, min_backoff=20, max_backoff=40)
+                   for n in range(3)]
+        for n in range(3):
+            e09.skipping.send(n, 50)
+            e09.patient.send(n, 50, 1)
+        lab_.start_worker(threads=4)
+        assert lab.wait_until(lambda: len(lab_.dead_ids("e09")) == 3 and lab_.outcomes("skipping") == ["ok"] * 3
+                              and lab_.outcomes("patient").count("retried") >= 3, timeout=15), lab_.recorder.attempts
+    # then by default (raise): 2 attempts each, both RateLimitExceeded, the retry through e09.DQ, and the message
+    # in RabbitMQ's dead letters, e09.XQ, its work never done
+    attempts = lab_.recorder.attempts_of("mutexed")
+    assert Counter(a.message_id for a in attempts) == {m.message_id: 2 for m in mutexed}
+    assert {a.error.split(":")[0] for a in attempts} == {"RateLimitExceeded"}
+    assert [e.queue for e in lab_.recorder.enqueues_of("mutexed") if e.delay_ms is not None] == ["e09.DQ"] * 3
+    assert sorted(lab_.dead_ids("e09")) == sorted(m.message_id for m in mutexed)
+    # and raise_on_failure=False: 3 "successes", no work done, nothing retried
+    assert [e.queue for e in lab_.recorder.enqueues_of("skipping")] == ["e09"] * 3
+    assert (e09.tally("mutexed")["ran"], e09.tally("skipping")["ran"]) == (0, 0)
+    # when the mutex is free, then every patient message did the work, one at a time, each retry through e09.DQ
+    assert lab.wait_until(lambda: e09.tally("patient1")["ran"] == 3, timeout=10), lab_.recorder.attempts
+    assert e09.tally("patient1")["peak"] == 1
+    retries = [e for e in lab_.recorder.enqueues_of("patient") if e.delay_ms is not None]
+    assert len(retries) >= 3 and {e.queue for e in retries} == {"e09.DQ"}
+    assert all(25 <= e.delay_ms <= 75 for e in retries), retries
+
+
+@pytest.mark.parametrize("args", [["send", "free", "2"], ["report"]], ids=["send", "report"])
+def test_e09_without_a_redis_beside_rabbitmq_says_what_it_needs_and_exits_2(args, monkeypatch, capsys):
+    # Given e09 on a RabbitMQ URL and no DRAMATIQ_REDIS_URL: nowhere for its counts and limiters
+    monkeypatch.setenv(BROKER_URL_ENV, f"amqp://guest:guest@127.0.0.1:{free_port()}/%2F")
+    monkeypatch.delenv(URL_ENV, raising=False)
+    monkeypatch.setattr(lab.broker, "_broker", None)  # as in a new process
+    monkeypatch.setattr(lab.urls, "_in_use", None)
+    e09 = experiments.load(experiments.find("e09"))  # it imports: its limiters touch Redis only when used
+    # when it sends or reports, then one line says what to set, exit 2, before anything is sent
+    with pytest.raises(SystemExit) as exit_:
+        e09.main(args, prog_name="e09_rate_limits.py")
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.count("\n") == 1, err
+    assert "this needs a Redis beside RabbitMQ (amqp://***:***@127.0.0.1:" in err and f"set {URL_ENV}=" in err, err
