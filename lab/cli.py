@@ -22,7 +22,7 @@ from . import experiments
 from .broker import connect, use_broker
 from .canary import canary
 from .dashboard import dashboard
-from .failures import EXIT_FAILED, Group
+from .failures import EXIT_FAILED, EXIT_USAGE, Failure, Group
 from .options import redis_option
 from .private_rabbit import rabbitmq
 from .purge import purge
@@ -93,8 +93,15 @@ def run(experiment: str, url: str, as_json: bool, verbose: bool, log: bool) -> N
                 if not exp.has_scenario:
                     err.print(f"{exp.number} has no scenarios/{exp.name}.py to play; skipped")
                     continue
+                scenario = experiments.load_scenario(exp)
+                if not isinstance(broker, RedisBroker) and getattr(scenario, "REDIS_ONLY", None):
+                    if len(chosen) == 1:
+                        raise Failure(f"{exp.number}'s scenario runs on Redis only: {scenario.REDIS_ONLY}. "
+                                      "Run it with --broker redis://... (or none: the embedded one)", EXIT_USAGE)
+                    err.print(f"{exp.number} runs on Redis only ({scenario.REDIS_ONLY}); skipped")
+                    continue
                 with err.status(f"[{index}/{len(chosen)}] {exp.number}: {exp.title} on {mask_url(url)}"):
-                    runs.append(run_scenario(exp.name, experiments.load_scenario(exp), broker))
+                    runs.append(run_scenario(exp.name, scenario, broker))
                 if not as_json:
                     show(out, exp, runs[-1], verbose=verbose)
     finally:

@@ -124,7 +124,11 @@ class DeadLetter:
 
 
 def dead_letters(broker: RedisBroker, queue_name: str) -> list[DeadLetter]:
-    """The dead letters of ``queue_name``, oldest first."""
+    """The dead letters of ``queue_name``, oldest first (on RabbitMQ too: its ``<queue>.XQ``, read and given back)."""
+    if not isinstance(broker, RedisBroker):
+        from .rabbit_status import rabbit_dead_letters  # here: the Redis side needs no pika
+
+        return rabbit_dead_letters(broker, queue_name)
     xq = key(broker, f"{queue_name}.XQ")
     entries = broker.client.zrange(xq, 0, -1, withscores=True)
     if not entries:

@@ -31,12 +31,13 @@ from urllib.parse import quote, unquote, urlsplit
 
 import pika
 import pika.exceptions
+from dramatiq import Message
 from rich.console import Group
 from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from .keys import QueueCounts
+from .keys import DeadLetter, QueueCounts
 from .rabbitmq import LabRabbitmqBroker, management, quote_vhost
 from .status import Snapshot
 from .urls import mask_url
@@ -124,6 +125,22 @@ def amqp_counts(broker: LabRabbitmqBroker, names: list[str]) -> dict[str, dict]:
             found[name] = {"messages_ready": ok.message_count, "messages_unacknowledged": None,
                            "consumers": ok.consumer_count}
     return found
+
+
+def rabbit_dead_letters(broker: LabRabbitmqBroker, queue_name: str) -> list[DeadLetter]:
+    """The messages in ``<queue_name>.XQ``, oldest first: each taken unacknowledged, read, and given back when the
+    connection closes (RabbitMQ cannot read a message without taking it). When each died: its ``x-death`` time."""
+    letters = []
+    with _quiet_404s(), closing(pika.BlockingConnection(broker.parameters)) as connection:
+        channel = connection.channel()
+        try:
+            while (got := channel.basic_get(f"{queue_name}.XQ"))[0] is not None:
+                deaths = (got[1].headers or {}).get("x-death") or [{}]
+                died = deaths[0].get("time")
+                letters.append(DeadLetter(Message.decode(got[2]), int(died.timestamp() * 1000) if died else 0))
+        except pika.exceptions.ChannelClosedByBroker:  # 404: no such queue, so no dead letters
+            return []
+    return letters
 
 
 def read_rabbit_snapshot(broker: LabRabbitmqBroker) -> RabbitSnapshot:

@@ -9,6 +9,10 @@ from dramatiq.common import current_millis
 
 import e03_delays as e03
 
+# On RabbitMQ a worker takes a delayed message from e03.DQ at once and holds it until its eta: two lessons read
+# differently there (`python -m lab run e13 --broker amqp://...` shows how).
+REDIS_ONLY = "a worker takes delayed messages off RabbitMQ at once (Experiment 13)"
+
 
 def scenario(run: lab.Run) -> None:
     client, dq, ready = run.broker.client, lab.key(run.broker, "e03.DQ"), lab.key(run.broker, "e03")

@@ -34,6 +34,9 @@ from dramatiq.common import dq_name
 
 import e05_crash_recovery as e05
 
+# It reads Redis's acks sets and heartbeats, and kills workers to see what Redis gives back.
+REDIS_ONLY = "on RabbitMQ a killed worker's messages come back at once (Experiment 13, lesson 1)"
+
 HEARTBEAT_MS = 1000  # 10 x the spawned workers' worker_timeout (100 ms): no live worker looks dead
 TUNED = {"e05_heartbeat_timeout": str(HEARTBEAT_MS), "e05_maintenance_chance": str(MAINTENANCE_SCALE)}
 WORKER = "e05_crash_recovery"

@@ -7,7 +7,9 @@ import e09_rate_limits as e09
 
 
 def dead(run: lab.Run) -> int:
-    return len(lab.dead_letters(run.broker, e09.QUEUE))
+    """This run's dead letters (on RabbitMQ, e09.XQ may hold an earlier run's too: it has no run namespace)."""
+    ours = {a.message_id for a in run.attempts()}
+    return sum(letter.message.message_id in ours for letter in lab.dead_letters(run.broker, e09.QUEUE))
 
 
 def outcomes(run: lab.Run, actor: str) -> list[str]:

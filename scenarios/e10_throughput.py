@@ -9,6 +9,8 @@ import lab
 import e10_throughput as e10
 from benchmarks import e10_bench
 
+REDIS_ONLY = "it measures Redis's limits; RabbitMQ's drain is Experiment 13's lesson 10"
+
 
 def scenario(run: lab.Run) -> None:
     # A namespace of its own, under the run's (which deletes it too): the benchmark checks and deletes

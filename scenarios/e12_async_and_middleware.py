@@ -192,9 +192,10 @@ def scenario(run: lab.Run) -> None:
         run.settle(e12.QUEUE, timeout=5)
         run.broker.client.delete(switch)
         outcomes = [a.outcome for a in run.attempts("switched_report")]
+        # (this message's: on RabbitMQ, e12.XQ may hold an earlier run's too, having no run namespace)
+        dead = [d for d in lab.dead_letters(run.broker, e12.QUEUE) if d.message.message_id == skipped.message_id]
         run.check("test_skip_message_drops_the_message_acked_without_retry_or_dead_letter",
-                  outcomes == ["skipped"] and lab.dead_letters(run.broker, e12.QUEUE) == [],
-                  f"switch off: {outcomes}; dead letters: {len(lab.dead_letters(run.broker, e12.QUEUE))}")
+                  outcomes == ["skipped"] and dead == [], f"switch off: {outcomes}; dead letters: {len(dead)}")
         seen = [(name, hook) for name, hook, mid, _ in trace if mid == skipped.message_id]
         run.check("test_skip_message_stops_the_before_hooks_after_it_yet_every_after_skip_hook_runs",
                   seen == [("before_killswitch", "before"), ("last", "after_skip"), ("after_killswitch", "after_skip"),

@@ -106,6 +106,8 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 # slice starts late and ends the run late. So each of these starts a slice (the rest keep their order).
 LONG_POLES = [
     "tests/test_lab_run.py::test_run_all_plays_every_scenario_in_one_process",
+    # a RabbitMQ of its own, started then restarted
+    "tests/test_e13_private_servers.py::test_a_task_longer_than_consumer_timeout_is_delivered_again_and_runs_twice",
     "tests/test_e10_throughput.py::test_a_tiny_run_ran_every_message_it_sent_exactly_once",  # e10_tiny
     "tests/test_bad_input.py::test_ctrl_c_while_a_command_waits_ends_it_in_one_line_and_leaves_nothing_behind",
     # (not e05_crashes: its first phase wants its worker's two children to boot about together, which they
@@ -114,6 +116,9 @@ LONG_POLES = [
     "tests/test_e02_error_handling.py::test_worker_cli_retries_dead_letters_and_stops_cleanly",
     "tests/test_e01_hello_world.py::test_watch_reloads_the_worker_when_a_watched_file_changes",
     "tests/test_e01_hello_world.py::test_one_worker_runs_two_experiments",
+    # the scenarios on redis-server, mostly waiting: they fill the cores' gaps early rather than end the run late
+    *(f"tests/test_lab_run.py::test_every_scenario_holds_every_lesson[{name}]" for name in (
+        "e14_web_app", "e03_delays", "e09_rate_limits", "e06_priorities", "e15_monitoring", "e08_time_limits")),
 ]
 
 

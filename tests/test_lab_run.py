@@ -16,6 +16,7 @@ from lab import experiments
 from lab.cli import cli
 from lab.failures import how_to_get_redis
 from lab.lessons import lesson_for
+from lab.urls import URL_ENV
 
 import pytest
 import redis
@@ -86,6 +87,28 @@ def test_every_scenario_holds_every_lesson(real_redis_url, name, request, monkey
     assert run["lessons"] and not_held == [], not_held
     for check in run["lessons"]:
         assert check["lesson"] == lesson_for(check["test"]).headline
+
+
+@pytest.mark.parametrize("name", ["e07_scheduling", "e09_rate_limits"])
+def test_a_scenario_that_holds_on_both_brokers_holds_on_rabbitmq(name, rabbitmq_url, real_redis_url, monkeypatch):
+    # Given RabbitMQ, with a Redis beside it for e09's limiters (two scenarios whose waits and dead letters read
+    # RabbitMQ's own queues: the rest are the same code; tests/test_rabbitmq_lessons.py proves their lessons)
+    monkeypatch.setenv(URL_ENV, real_redis_url)
+    # when `python -m lab run` plays the scenario there
+    result = invoke("run", name, "--broker", rabbitmq_url, "--json")
+    # then every lesson it checks held
+    assert result.exit_code == 0, result.output
+    [run] = json.loads(result.output)["runs"]
+    assert run["lessons"] and [c for c in run["lessons"] if c["held"] is False] == []
+
+
+@pytest.mark.parametrize("name", ["e03", "e05", "e10"])
+def test_a_redis_only_scenario_on_rabbitmq_says_so_in_one_line_and_exits_2(name, rabbitmq_url):
+    # Given a scenario that reads Redis's own keys or timing, when it is asked to play on RabbitMQ
+    result = invoke("run", name, "--broker", rabbitmq_url)
+    # then it plays nothing: one line that says why and where to look, exit 2
+    assert result.exit_code == 2 and result.output.count("\n") == 1, result.output
+    assert f"{name}'s scenario runs on Redis only: " in result.output and "Experiment 13" in result.output
 
 
 def test_run_all_plays_every_scenario_in_one_process():
