@@ -6,7 +6,8 @@ The rest is in e14_web_app_site/: what Django imports by name (the settings, the
 rundramatiq imports: its __init__ says why), the views' JSON helpers (http.py), the sign-up's signal (signals.py)
 and the commands (commands.py). Both SQLite files are in a temp dir, never in the checkout.
 
-Run it, in three terminals (a Redis first: `redis-server` or `python -m lab serve`):
+Run it, in three terminals (a Redis first: `redis-server` or `python -m lab serve`; on RabbitMQ, DRAMATIQ_BROKER_URL
+and a Redis beside it in DRAMATIQ_REDIS_URL, for the refresh guard and the results):
 
     python e14_web_app.py runserver 8014             # the web app (creates its tables first)
     dramatiq --watch . e14_web_app                   # the worker, plain Dramatiq

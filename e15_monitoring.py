@@ -6,10 +6,10 @@ It is not on by default in Dramatiq 2.x: install `dramatiq[prometheus]` (prometh
 requirements.txt) and add `dramatiq.middleware.prometheus.Prometheus` to the broker, as below. Under the
 `dramatiq` CLI only, and this module as its first module (the one it takes the broker from).
 
-Run it, in two terminals (a Redis first: `redis-server` or `python -m lab serve`). The exposition server
-reads where to listen, and where the worker processes keep their counts, from the `dramatiq` command's
-environment; unset, it listens on 0.0.0.0 (every interface) on port 9191, and keeps them in
-/tmp/dramatiq-prometheus for good:
+Run it, in two terminals (a Redis first: `redis-server` or `python -m lab serve`; on RabbitMQ, DRAMATIQ_BROKER_URL,
+and DRAMATIQ_REDIS_URL for hold's gate). The exposition server reads where to listen, and where the worker
+processes keep their counts, from the `dramatiq` command's environment; unset, it listens on 0.0.0.0 (every
+interface) on port 9191, and keeps them in /tmp/dramatiq-prometheus for good:
 
     dramatiq_prom_host=127.0.0.1 dramatiq_prom_db=$(mktemp -d) dramatiq --processes 2 e15_monitoring
     python e15_monitoring.py mix        # 3 that succeed, 1 that fails twice more, 2 delayed, 1 too old to run

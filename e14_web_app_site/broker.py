@@ -1,14 +1,14 @@
-"""The broker django_dramatiq asks for (``settings.DRAMATIQ_BROKER["BROKER"]``): the lab's, one URL."""
+"""The broker django_dramatiq asks for (``settings.DRAMATIQ_BROKER["BROKER"]``): the lab's, one URL (a RedisBroker,
+or a RabbitmqBroker for an ``amqp://`` one)."""
 
 from __future__ import annotations
 
 import lab
 
-from dramatiq import Middleware
-from dramatiq.brokers.redis import RedisBroker
+from dramatiq import Broker, Middleware
 
 
-def lab_broker(middleware: list[Middleware] | None = None) -> RedisBroker:
+def lab_broker(middleware: list[Middleware] | None = None) -> Broker:
     """The process's lab broker, with django_dramatiq's middleware (from settings when not given) added once.
 
     django_dramatiq calls this when Django starts. Experiment 14 calls it again on import, because the tests

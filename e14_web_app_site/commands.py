@@ -8,6 +8,7 @@ import sys
 import lab
 
 import click
+import redis
 from django.conf import settings
 from django.core.management import call_command
 
@@ -17,6 +18,18 @@ import e14_web_app_site
 @click.group(cls=lab.Group, epilog=lab.EXIT_CODES_HELP.replace("130", "4 the port is in use, 130"))
 def main() -> None:
     """Run Experiment 14's web app or its worker, or create its tables."""
+
+
+def check_servers() -> None:
+    """The broker answers, and so does the Redis that keeps the refresh guard and the reports' results: on Redis
+    the broker's own; on RabbitMQ the one beside it (none set: one line that says what to set, exit 2)."""
+    broker = lab.setup_broker()
+    lab.broker.check_redis(broker)
+    if lab.broker.is_rabbitmq(broker):
+        try:
+            broker.client.ping()
+        except redis.RedisError as exc:
+            raise (lab.failures.explain(exc, broker.lab_redis_url) or exc) from None
 
 
 def one_module() -> None:
@@ -36,8 +49,8 @@ def migrate() -> None:
 @main.command()
 @click.argument("port", type=click.IntRange(1, 65535), default=8014)
 def runserver(port: int) -> None:
-    """Serve the app on 127.0.0.1:PORT (Django's runserver, no autoreload), once Redis answers."""
-    lab.broker.check_redis(lab.setup_broker())
+    """Serve the app on 127.0.0.1:PORT (Django's runserver, no autoreload), once Redis (or RabbitMQ) answers."""
+    check_servers()
     with socket.socket() as probe:
         if probe.connect_ex(("127.0.0.1", port)) == 0:
             raise lab.Failure(f"port {port} on 127.0.0.1 is in use; pick another PORT", lab.EXIT_TIMEOUT)
@@ -56,6 +69,6 @@ def rundramatiq(processes: int, threads: int, queues: tuple[str, ...]) -> None:
         if "," in queue:  # dramatiq would listen to one queue of that name, which nothing sends to
             raise click.BadParameter(f"{queue!r} is one queue name with commas in it; repeat -Q for each queue",
                                      param_hint="--queues")
-    lab.broker.check_redis(lab.setup_broker())
+    check_servers()
     one_module()
     call_command("rundramatiq", processes=processes, threads=threads, queues=queues or None)

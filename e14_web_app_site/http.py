@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 import redis
 from django.http import HttpRequest, JsonResponse
+from dramatiq.errors import BrokerConnectionError
 
 
 class BadRequest(Exception):
@@ -17,7 +18,7 @@ class Refused(Exception):
 
 
 def api(method: str) -> Callable:
-    """Answer only `method` (else 405), BadRequest and Refused with 400, an unreachable Redis with 503."""
+    """Answer only `method` (else 405), BadRequest and Refused with 400, an unreachable Redis or RabbitMQ with 503."""
     def wrap(view):
         def checked(request, *args, **kwargs):
             try:
@@ -26,8 +27,8 @@ def api(method: str) -> Callable:
                 return view(request, *args, **kwargs)
             except (BadRequest, Refused) as exc:
                 return JsonResponse({"error": str(exc)}, status=400)
-            except redis.RedisError:
-                return JsonResponse({"error": "the task queue (Redis) is unreachable"}, status=503)
+            except (redis.RedisError, BrokerConnectionError):  # RabbitMQ's: Dramatiq's ConnectionClosed
+                return JsonResponse({"error": "the task queue is unreachable"}, status=503)
         return checked
     return wrap
 

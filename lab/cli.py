@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from contextlib import ExitStack
 
 import click
 import redis
@@ -27,6 +28,7 @@ from .options import redis_option
 from .private_rabbit import rabbitmq
 from .purge import purge
 from .report import show
+from .run_vhost import run_vhost
 from .scenario import Run, run_scenario, worker_log
 from .server import serve
 from .status import status
@@ -85,7 +87,20 @@ def run(experiment: str, url: str, as_json: bool, verbose: bool, log: bool) -> N
     except LookupError as exc:
         raise click.BadParameter(str(exc), param_hint="EXP") from None
     namespace = f"lab-run-{uuid.uuid4().hex[:8]}"
-    broker = use_broker(connect(url, namespace=namespace))
+    broker, vhost = connect(url, namespace=namespace), ExitStack()  # unreachable, refused: one line, exit 3 or 5
+    if not isinstance(broker, RedisBroker) and len(chosen) == 1 and chosen[0].has_scenario and chosen[0].redis_only:
+        broker.close()
+        raise Failure(f"{chosen[0].number}'s scenario runs on Redis only: {chosen[0].redis_only}. "
+                      "Run it with --broker redis://... (or none: the embedded one)", EXIT_USAGE)
+    if not isinstance(broker, RedisBroker):  # RabbitMQ: a vhost of the run's own stands for the namespace
+        url, why = vhost.enter_context(run_vhost(url, namespace))
+        if why:
+            err.print(f"[dim]{why}: the run plays in the URL's vhost, where a worker of another terminal may take "
+                      "its messages[/]", soft_wrap=True)
+        else:
+            broker.close()
+            broker = connect(url, namespace=namespace)
+    use_broker(broker)
     runs: list[Run] = []
     try:
         with worker_log(shown=log):  # the table tells the story; --log shows the worker's log too
@@ -93,15 +108,11 @@ def run(experiment: str, url: str, as_json: bool, verbose: bool, log: bool) -> N
                 if not exp.has_scenario:
                     err.print(f"{exp.number} has no scenarios/{exp.name}.py to play; skipped")
                     continue
-                scenario = experiments.load_scenario(exp)
-                if not isinstance(broker, RedisBroker) and getattr(scenario, "REDIS_ONLY", None):
-                    if len(chosen) == 1:
-                        raise Failure(f"{exp.number}'s scenario runs on Redis only: {scenario.REDIS_ONLY}. "
-                                      "Run it with --broker redis://... (or none: the embedded one)", EXIT_USAGE)
-                    err.print(f"{exp.number} runs on Redis only ({scenario.REDIS_ONLY}); skipped")
+                if not isinstance(broker, RedisBroker) and exp.redis_only:
+                    err.print(f"{exp.number} runs on Redis only ({exp.redis_only}); skipped")
                     continue
                 with err.status(f"[{index}/{len(chosen)}] {exp.number}: {exp.title} on {mask_url(url)}"):
-                    runs.append(run_scenario(exp.name, scenario, broker))
+                    runs.append(run_scenario(exp.name, experiments.load_scenario(exp), broker))
                 if not as_json:
                     show(out, exp, runs[-1], verbose=verbose)
     finally:
@@ -109,6 +120,7 @@ def run(experiment: str, url: str, as_json: bool, verbose: bool, log: bool) -> N
         if url != MEMORY_URL and getattr(broker, "lab_redis_url", url) is not None:
             delete_keys(broker, namespace)
         broker.close()
+        vhost.close()
     if as_json:
         click.echo(json.dumps({"runs": [r.as_dict() for r in runs], "all_held": all(r.all_held for r in runs)},
                               indent=2, default=list))

@@ -36,6 +36,13 @@ class Experiment:
     def has_scenario(self) -> bool:
         return (ROOT / "scenarios" / f"{self.name}.py").exists()
 
+    @property
+    def redis_only(self) -> str | None:
+        """Why its scenario plays on Redis only (its ``REDIS_ONLY``), read without importing it; None if not."""
+        tree = ast.parse((ROOT / "scenarios" / f"{self.name}.py").read_text(encoding="utf-8"))
+        return next((ast.literal_eval(node.value) for node in tree.body if isinstance(node, ast.Assign)
+                     and [getattr(t, "id", None) for t in node.targets] == ["REDIS_ONLY"]), None)
+
 
 def _read(path: Path) -> Experiment:
     """Title and goal from a module's docstring, without importing it (no broker needed)."""

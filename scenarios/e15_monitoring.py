@@ -35,6 +35,10 @@ PROMETHEUS_ENV = ("dramatiq_prom_host", "dramatiq_prom_port", "dramatiq_prom_db"
 Sample = tuple[str, dict, float]  # (name, labels, value), as e15.scrape gives them
 SCRAPE_ERRORS: list[str] = []  # scrapes that failed while a phase waited, in this process
 
+# Not yet played on RabbitMQ by `python -m lab run`: there, hold never showed in progress in 15 s (not understood yet).
+# The metrics on RabbitMQ are proven by tests/test_e15_monitoring.py, through the same mix().
+REDIS_ONLY = "not yet on RabbitMQ, where its metrics are proven by tests/test_e15_monitoring.py"
+
 
 def must(held: bool, what: str) -> None:
     """Stop the scenario with TimeoutError, saying what did not happen in time."""
@@ -197,6 +201,22 @@ def counted(url: str, name: str, expected: float, **labels: str) -> list[Sample]
     return scraped(url, lambda seen: e15.total(seen, name, **labels) >= expected, f"{name} {labels} >= {expected}")
 
 
+def waiting(broker: dramatiq.Broker, queue: str) -> int:
+    """Messages in ``queue`` that no worker has taken yet: a Redis list's length, or RabbitMQ's ready count."""
+    if lab.broker.is_rabbitmq(broker):
+        from lab.rabbit_status import amqp_counts  # pika only for who asks for RabbitMQ
+
+        return amqp_counts(broker, [queue]).get(queue, {}).get("messages_ready", 0)
+    return broker.client.llen(lab.key(broker, queue))
+
+
+def counted_pair(url: str, expected: tuple[float, float]) -> list[Sample]:
+    """Scrape ``url`` until both messages and errors reach ``expected``: after_process_message counts the message,
+    then its error, so a scrape between the two would see the message without its error."""
+    return scraped(url, lambda seen: all(n >= e for n, e in zip(pair(seen), expected, strict=True)),
+                   f"messages/errors >= {expected}")
+
+
 def listening(port: int) -> list[str]:
     """The addresses with a socket listening on TCP ``port`` on this machine, from /proc/net/tcp and tcp6."""
     found = []
@@ -234,10 +254,15 @@ def mix(url: str, namespace: str) -> Mix:
                                  "dramatiq_messages_inprogress", actor_name="hold")
         seen.sent = e15.send_mix(bench.broker)
         counted(metrics, "dramatiq_message_rejects_total", 2)  # fail and expire: the last of the mix to end
-        must(lab.wait_until(lambda: not bench.broker.client.llen(lab.key(bench.broker, e15.QUEUE)), timeout=10),
+        must(lab.wait_until(lambda: not waiting(bench.broker, e15.QUEUE), timeout=10, interval=0.1),
              "e15 did not empty")
         bench.broker.client.rpush(e15.key("gate", bench.broker), "go")
-        seen.after = counted(metrics, "dramatiq_messages_total", sum(seen.sent.values()) + 2 + 1)  # fail: 3 tries
+        counted(metrics, "dramatiq_messages_total", sum(seen.sent.values()) + 2 + 1)  # fail: 3 tries; and hold
+        # A scrape reads the processes' files one at a time, in the directory's order (glob), and
+        # after_process_message observes the duration before it counts the message: the scrape that first
+        # saw hold counted may have read the histogram's file before hold's observation. A scrape begun
+        # after that one reads every file as it was once all had ended.
+        seen.after = scraped(metrics)
         return seen
     finally:
         bench.close()
@@ -260,14 +285,14 @@ def restart(url: str, namespace: str) -> Restart:
     try:
         worker, metrics = bench.spawn(db=db, processes=1)
         bench.three_one()
-        seen.first = counted(metrics, "dramatiq_messages_total", 3)
+        seen.first = counted_pair(metrics, (3, 1))
         seen.pids = worker_pids(worker)
         seen.stop_code = worker.stop()
         worker, metrics = bench.spawn(db=db, processes=1)
         seen.pids += worker_pids(worker)
         seen.at_restart = scraped(metrics)
         bench.three_one()
-        seen.second = counted(metrics, "dramatiq_messages_total", 6)
+        seen.second = counted_pair(metrics, (6, 2))
         seen.files = sorted(p.name for p in Path(db).iterdir())
         return seen
     finally:

@@ -15,13 +15,16 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import ModuleType
 
 import lab
 from lab import experiments
 from lab.processes import guard, release
+from lab.urls import URL_ENV
 
 import dramatiq
 import pytest
+from click.testing import CliRunner
 
 import e14_web_app_site
 import scenarios.e14_web_app as plays
@@ -30,20 +33,33 @@ from conftest import ROOT, free_port, lab_env
 _tables: dict[str, Path] = {}
 
 
-@pytest.fixture
-def e14(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
-    """Experiment 14 on a fresh fakeredis broker (recorded), its tables empty, its slow calls short."""
-    broker = lab.use_broker(lab.make_broker(lab.MEMORY_URL))
+def tables(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The directory of the session's two SQLite files (a worker process may open them too)."""
+    if "dir" not in _tables:
+        _tables["dir"] = tmp_path_factory.mktemp("e14-db")
+    return _tables["dir"]
+
+
+def load_e14(url: str, tmp_path_factory: pytest.TempPathFactory) -> ModuleType:
+    """Experiment 14 on a fresh broker at ``url`` (recorded), its tables empty, its slow calls short."""
+    broker = lab.use_broker(lab.make_broker(url))
     lab.Recorder.install(broker)
     module = experiments.load(experiments.find("e14"))
-    if "dir" not in _tables:  # the tables once per session; emptied for each test
-        _tables["dir"] = tmp_path_factory.mktemp("e14-db")
-        e14_web_app_site.use_data_dir(_tables["dir"])
+    if "made" not in _tables:  # the tables once per session; emptied for each test
+        e14_web_app_site.use_data_dir(tables(tmp_path_factory))
+        _tables["made"] = _tables["dir"]
     e14_web_app_site.empty()
     for name, value in plays.FAST.items():
         setattr(module, name, value)
+    return module
+
+
+@pytest.fixture
+def e14(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ModuleType]:
+    """Experiment 14 on a fresh fakeredis broker (recorded), its tables empty, its slow calls short."""
+    module = load_e14(lab.MEMORY_URL, tmp_path_factory)
     yield module
-    broker.close()
+    module.broker.close()
 
 
 @pytest.fixture
@@ -52,11 +68,12 @@ def recorder(e14) -> lab.Recorder:
 
 
 @pytest.fixture
-def start(e14) -> Iterator[Callable[..., dramatiq.Worker]]:
+def start() -> Iterator[Callable[..., dramatiq.Worker]]:
+    """Start in-process workers on the broker e14 was loaded on (ask for e14's fixture first); stopped after."""
     workers: list[dramatiq.Worker] = []
 
     def start_worker(threads: int = 2) -> dramatiq.Worker:
-        worker = dramatiq.Worker(e14.broker, worker_threads=threads, worker_timeout=100)
+        worker = dramatiq.Worker(dramatiq.get_broker(), worker_threads=threads, worker_timeout=100)
         worker.start()
         workers.append(worker)
         return worker
@@ -153,6 +170,20 @@ def test_views_answer_bad_requests_with_400_and_json(e14):
     assert [web.get("/signup").status_code, web.post("/quotes/ACME").status_code] == [405, 405]
 
 
+@pytest.mark.parametrize("scheme", ["redis", "amqp"])
+def test_an_unreachable_task_queue_is_a_503_and_one_json_line_on_either_broker(scheme, monkeypatch,
+                                                                              tmp_path_factory):
+    # Given the app on a Redis or a RabbitMQ URL where nothing listens
+    monkeypatch.delenv(URL_ENV, raising=False)
+    e14 = load_e14(f"{scheme}://127.0.0.1:{free_port()}/", tmp_path_factory)
+    try:
+        # when a report is asked for, then the answer is a 503 with one JSON line, not Django's 500 page
+        answer = plays.client().post("/reports", {"kind": "signups"})
+        assert (answer.status_code, answer.json()) == (503, {"error": "the task queue is unreachable"})
+    finally:
+        e14.broker.close()
+
+
 # -- end to end: a real server and real workers ----------------------------------------------------------------
 
 
@@ -237,3 +268,87 @@ def test_rundramatiq_starts_a_worker_that_sends_the_welcome_email(real_redis_url
 
 
 
+
+
+# -- on RabbitMQ: the lessons that are Django's and the database's, not the broker's ------------------------------
+
+
+@pytest.fixture
+def e14_on_rabbitmq(rabbitmq_url: str, monkeypatch, tmp_path_factory) -> Iterator[Callable[..., ModuleType]]:
+    """``e14_on_rabbitmq(redis_beside=None)``: Experiment 14 on a RabbitmqBroker (this test's vhost), with the
+    Redis beside it that ``redis_beside`` names, or none."""
+    loaded: list[ModuleType] = []
+
+    def load(redis_beside: str | None = None) -> ModuleType:
+        if redis_beside:
+            monkeypatch.setenv(URL_ENV, redis_beside)
+        else:
+            monkeypatch.delenv(URL_ENV, raising=False)
+        loaded.append(load_e14(rabbitmq_url, tmp_path_factory))
+        assert lab.broker.is_rabbitmq(loaded[-1].broker)
+        return loaded[-1]
+
+    yield load
+    for module in loaded:
+        module.broker.close()
+
+
+@pytest.mark.e2e
+def test_on_rabbitmq_a_real_worker_runs_a_task_sent_inside_the_transaction_before_the_commit(
+        rabbitmq_url, e14_on_rabbitmq, monkeypatch, tmp_path_factory, dramatiq_worker):
+    # Given `dramatiq e14_web_app` on RabbitMQ (booting meanwhile), on this process's tables, and the app here
+    monkeypatch.delenv(URL_ENV, raising=False)  # sending and running a welcome need no Redis beside
+    worker = dramatiq_worker("--threads", "4", "e14_web_app", url=rabbitmq_url, ready=False,
+                             E14_DATA_DIR=str(tables(tmp_path_factory)))
+    recorder = lab.Recorder.install(e14_on_rabbitmq().broker)
+    worker.ready()
+    # when 3 users sign up with the task sent inside the transaction (each commit held until the worker
+    # logged its try), and one sign-up is rolled back
+    since = len(worker.output)
+    trap = plays.play_commit(recorder, "inside", plays.tried_by_worker(lambda: worker.output[since:]))
+    # then the worker ran each before its commit: DoesNotExist, no e-mail; the rolled-back one was sent too
+    assert trap["codes"] == [201, 201, 201, 400] and trap["sent_before_commit"] == 3, worker.output
+    assert (trap["does_not_exist"], trap["emails"], trap["users"], trap["sent_for_refused"]) == (4, 0, 3, 1)
+    # and with on_commit, nothing before the commit, nothing for the rollback, and every e-mail written
+    e14_web_app_site.empty()
+    recorder.reset()
+    since = len(worker.output)
+    fixed = plays.play_commit(recorder, "on_commit", plays.tried_by_worker(lambda: worker.output[since:]))
+    assert fixed["codes"] == [201, 201, 201, 400] and fixed["sent_before_commit"] == 0, worker.output
+    assert (fixed["does_not_exist"], fixed["emails"], fixed["users"], fixed["sent_for_refused"]) == (0, 3, 3, 0)
+
+
+def test_on_rabbitmq_202_and_poll_keep_the_result_in_the_redis_beside(e14_on_rabbitmq, real_redis_url, start):
+    # Given the app on RabbitMQ with the Redis beside it, where the Results middleware keeps its results
+    e14 = e14_on_rabbitmq(redis_beside=real_redis_url)
+    # when two reports are asked for, one of them broken, and polled while a worker runs them
+    status = plays.play_status(e14.broker, start)
+    # then the polls read as on Redis, and the result waits in the Redis beside for 10 minutes
+    assert status["codes"] == [202, 202]
+    assert status["seen"] == [["enqueued", "running", "done"], ["enqueued", "running", "failed"]]
+    assert status["done"]["result"] == {"signups": 0, "emails": 0}
+    assert 590_000 < status["result_ttl_ms"] <= 600_000
+
+
+def test_on_rabbitmq_the_refresh_guard_in_the_redis_beside_queues_one_refresh(e14_on_rabbitmq, real_redis_url,
+                                                                               start):
+    # Given the app on RabbitMQ with the Redis beside it, where the guard's key is set with SET NX PX
+    e14 = e14_on_rabbitmq(redis_beside=real_redis_url)
+    recorder = lab.Recorder.install(e14.broker)
+    # when 100 requests find a quote stale, without the guard and then with it
+    unguarded = plays.play_burst(e14.broker, recorder, start, guard="off")
+    guarded = plays.play_burst(e14.broker, recorder, start, guard="on")
+    # then RabbitMQ got 100 refreshes without it and 1 with it, and once that one ran the quote was fresh
+    assert unguarded == {"queued": 100, "stale_answers": 100}
+    assert (guarded["queued"], guarded["stale_answers"]) == (1, 100)
+    assert guarded["after"] == {"symbol": "ACME", "price": 27.8, "stale": False, "refresh_queued": False}
+
+
+def test_on_rabbitmq_the_app_without_a_redis_beside_is_one_line_and_exit_2(e14_on_rabbitmq):
+    # Given the app on a RabbitMQ that answers, and no DRAMATIQ_REDIS_URL for the refresh guard and the results
+    e14 = e14_on_rabbitmq()
+    for command in (["runserver", str(free_port())], ["rundramatiq", "-p", "1"]):
+        # when the server or the worker is started, then it says what to set, in one line, and exits 2
+        result = CliRunner().invoke(e14.main, command)
+        assert result.exit_code == 2 and result.output.count("\n") == 1, result.output
+        assert "this needs a Redis beside RabbitMQ" in result.output and "set DRAMATIQ_REDIS_URL=" in result.output

@@ -11,6 +11,7 @@ import importlib
 import importlib.metadata
 import json
 import logging
+import os
 import uuid
 from dataclasses import asdict
 from types import ModuleType, SimpleNamespace
@@ -18,6 +19,8 @@ from types import ModuleType, SimpleNamespace
 import lab
 from lab import experiments
 from lab.keys import key
+from lab.rabbitmq_share import delete_vhost, new_vhost
+from lab.urls import URL_ENV
 
 import pytest
 from click.testing import CliRunner
@@ -192,6 +195,64 @@ def test_loaded_as_a_second_module_prometheus_never_sets_up_and_serves_nothing(w
         "[CRITICAL] Unexpected failure in after_process_message of " + second.output[2].split(" of ")[-1],
         "AttributeError: 'Prometheus' object has no attribute 'message_durations'",
     ]
+
+
+# -- the same mix on RabbitMQ ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def on_rabbitmq(scene, once, rabbitmq_server, redis_server) -> SimpleNamespace:
+    """The scenario's mix through `dramatiq --processes 2` on RabbitMQ (a vhost of its own on the run's shared
+    server), with hold's gate in the session's redis-server beside it: once per test run, as ``workers``."""
+
+    def play() -> dict:
+        vhost = f"e15-mix-{uuid.uuid4().hex[:6]}"
+        url = new_vhost(rabbitmq_server, vhost)
+        beside = os.environ.get(URL_ENV)
+        os.environ[URL_ENV] = redis_server  # the Redis beside: this process's broker and the worker's read it
+        try:
+            return asdict(scene.mix(url, f"e15-tests-{vhost}"))
+        finally:
+            if beside is None:
+                del os.environ[URL_ENV]
+            else:
+                os.environ[URL_ENV] = beside
+            delete_vhost(rabbitmq_server, vhost)
+
+    return SimpleNamespace(**once("e15-rabbitmq-mix", play))
+
+
+@pytest.mark.e2e
+def test_on_rabbitmq_the_counters_and_gauges_read_as_on_redis(on_rabbitmq, scene):
+    # Given the same mix and hold, through `dramatiq --processes 2` on RabbitMQ
+    assert on_rabbitmq.sent == {"succeed": 3, "fail": 1, "later": 2, "expire": 1} and on_rabbitmq.before == []
+    # then each attempt and skip was counted, each failed attempt an error, each dead letter a reject
+    after = on_rabbitmq.after
+    counted = scene.by_actor(after, "dramatiq_messages_total")
+    assert counted == {"expire": 1, "fail": 3, "hold": 1, "later": 2, "succeed": 3}
+    assert scene.by_actor(after, "dramatiq_message_errors_total") == {"fail": 3}
+    assert scene.by_actor(after, "dramatiq_message_rejects_total") == {"expire": 1, "fail": 1}
+    # and the histogram observed each of them; hold was 1 in progress, and the skipped expire ended at -1
+    assert scene.by_actor(after, "dramatiq_message_duration_milliseconds_count") == counted
+    assert on_rabbitmq.holding == 1 and scene.by_actor(after, "dramatiq_messages_inprogress") == {"expire": -1}
+
+
+@pytest.mark.e2e
+def test_on_rabbitmq_retries_total_counts_each_retry_twice_too(on_rabbitmq, scene):
+    # Given fail's 2 retries: each published to e15.DQ, then by the worker to e15 when its backoff was over
+    retries = scene.by_queue(on_rabbitmq.after, "dramatiq_message_retries_total", "fail")
+    # then each was counted at both, as on Redis: the same Retries and Worker code calls enqueue twice
+    assert retries == {"e15.DQ": 2, "e15": 2}
+
+
+@pytest.mark.e2e
+def test_on_rabbitmq_the_delayed_gauge_never_comes_back_down_either(on_rabbitmq, scene):
+    # Given 2 delayed messages and 2 retries, all run; RabbitMQ delivers each from e15.DQ to one of the 2 processes
+    later, fail = (scene.by_queue(on_rabbitmq.after, "dramatiq_delayed_messages_inprogress", a)
+                   for a in ("later", "fail"))
+    # then the e15.DQ series counted each up and never down, and the downs landed on e15, from 0 to all 4
+    assert (later.get("e15.DQ"), fail.get("e15.DQ")) == (2, 2)
+    assert -4 <= later.get("e15", 0) + fail.get("e15", 0) <= 0
 
 
 # -- the sender --------------------------------------------------------------------------------------------------------

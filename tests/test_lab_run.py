@@ -7,15 +7,21 @@ import re
 import signal
 import subprocess
 import sys
+import urllib.error
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType, SimpleNamespace
 
 import lab
+import lab.cli
 from lab import experiments
 from lab.cli import cli
 from lab.failures import how_to_get_redis
 from lab.lessons import lesson_for
+from lab.rabbit_status import MANAGEMENT_ENV
+from lab.rabbitmq import management
+from lab.run_vhost import run_vhost
 from lab.urls import URL_ENV
 
 import pytest
@@ -90,16 +96,34 @@ def test_every_scenario_holds_every_lesson(real_redis_url, name, request, monkey
 
 
 @pytest.mark.parametrize("name", ["e07_scheduling", "e09_rate_limits"])
-def test_a_scenario_that_holds_on_both_brokers_holds_on_rabbitmq(name, rabbitmq_url, real_redis_url, monkeypatch):
-    # Given RabbitMQ, with a Redis beside it for e09's limiters (two scenarios whose waits and dead letters read
-    # RabbitMQ's own queues: the rest are the same code; tests/test_rabbitmq_lessons.py proves their lessons)
+def test_a_scenario_that_holds_on_both_brokers_holds_on_rabbitmq(name, rabbitmq_server, rabbitmq_url, real_redis_url,
+                                                                 monkeypatch):
+    # Given RabbitMQ and its management API, with a Redis beside it for e09's limiters (two scenarios whose waits
+    # and dead letters read RabbitMQ's own queues: the rest are the same code; tests/test_rabbitmq_lessons.py
+    # proves their lessons)
     monkeypatch.setenv(URL_ENV, real_redis_url)
+    monkeypatch.setenv(MANAGEMENT_ENV, rabbitmq_server.management_url)
+    played_in: list[tuple[str, str | None]] = []
+
+    @contextmanager
+    def seen(url: str, name: str) -> Iterator[tuple[str, str | None]]:
+        with run_vhost(url, name) as made:
+            played_in.append(made)
+            yield made
+
+    monkeypatch.setattr(lab.cli, "run_vhost", seen)
     # when `python -m lab run` plays the scenario there
     result = invoke("run", name, "--broker", rabbitmq_url, "--json")
-    # then every lesson it checks held
+    # then every lesson it checks held, in a vhost of the run's own, deleted after it (nothing in the URL's)
     assert result.exit_code == 0, result.output
     [run] = json.loads(result.output)["runs"]
     assert run["lessons"] and [c for c in run["lessons"] if c["held"] is False] == []
+    [(url, why)] = played_in
+    vhost = url.rsplit("/", 1)[1]
+    assert why is None and re.fullmatch(r"lab-run-[0-9a-f]{8}", vhost) and result.stderr == "", result.stderr
+    with pytest.raises(urllib.error.HTTPError, match="404"):
+        management(rabbitmq_server.management_url, "GET", f"/api/vhosts/{vhost}")
+    assert management(rabbitmq_server.management_url, "GET", f"/api/queues/{rabbitmq_url.rsplit('/', 1)[1]}") == []
 
 
 @pytest.mark.parametrize("name", ["e03", "e05", "e10"])

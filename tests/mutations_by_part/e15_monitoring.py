@@ -4,6 +4,7 @@ Each entry is one careless upstream (or lab) change that makes one lesson false.
 """
 
 PROM = "dramatiq:middleware/prometheus.py"
+RMQ = "dramatiq:brokers/rabbitmq.py"  # the RabbitMQ proofs: a change there, Redis never sees it
 
 MUTATIONS = [
     dict(name="e15-prometheus-on-by-default", lesson="The Prometheus middleware is not on by default",
@@ -64,4 +65,15 @@ MUTATIONS = [
          edits=[("lab:e15_monitoring.py", 'whole_number("dramatiq_prom_port", 1, 65_535)',
                  'whole_number("dramatiq_prom_port", 0, 65_535)')],
          why="the lab lets port 0 through"),
+    dict(name="e15-rabbitmq-nack-requeues", lesson="dramatiq_message_errors_total counts failed attempts",
+         edits=[(RMQ, "partial(self.channel.basic_nack, tag, requeue=False)",
+                 "partial(self.channel.basic_nack, tag, requeue=True)")],
+         why="on RabbitMQ a nack puts the message back instead of dead-lettering it: fail and expire run again"),
+    dict(name="e15-rabbitmq-delayed-enqueue-unseen", lesson="dramatiq_message_retries_total counts each retry twice",
+         edits=[(RMQ, '                self.emit_after("enqueue", message, delay)\n',
+                 '                if delay is None:\n                    self.emit_after("enqueue", message, delay)\n')],
+         why="RabbitMQ's broker stops telling middleware about a delayed enqueue: a retry is counted once"),
+    dict(name="e15-rabbitmq-delays-on-the-queue-itself", lesson="never comes back down on 2.2.1",
+         edits=[(RMQ, "            queue_name = dq_name(queue_name)\n", "")],
+         why="RabbitMQ's broker keeps a delayed message on its own queue (with its eta), not on <queue>.DQ"),
 ]
