@@ -73,6 +73,7 @@ def skipping(n: int, hold_ms: int = 300) -> None:
 @dramatiq.actor(queue_name=QUEUE, max_retries=100)
 def patient(n: int, hold_ms: int = 300, limit: int = 1) -> None:
     """Busy? Retry(delay=...) in about one hold, up to 100 times: no work lost. limit=1 a mutex, N a semaphore."""
+    broker.client.sadd(f"{KEY}:patient{limit}:tried", os.getpid())  # the processes that contended for it
     with ConcurrentRateLimiter(backend, f"{KEY}:limit{limit}", limit=limit).acquire(raise_on_failure=False) as ok:
         if not ok:
             raise dramatiq.Retry(delay=random.randint(hold_ms // 2, hold_ms * 3 // 2))  # jittered
@@ -87,10 +88,12 @@ def locked(n: int, hold_ms: int = 300) -> None:
 
 
 def tally(kind: str) -> dict[str, int]:
-    """How many did the work, the most at once, how many started beside another, in how many processes."""
+    """How many did the work, the most at once, how many started beside another, in how many processes (and, for
+    patient, how many processes tried: one may win every turn)."""
     seen = [(int(running), pid) for running, pid in map(bytes.split, broker.client.lrange(f"{KEY}:{kind}:seen", 0, -1))]
-    return {"ran": len(seen), "peak": max((r for r, _ in seen), default=0), "overlaps": sum(r > 1 for r, _ in seen),
-            "processes": len({pid for _, pid in seen})}
+    counts = {"ran": len(seen), "peak": max((r for r, _ in seen), default=0), "overlaps": sum(r > 1 for r, _ in seen),
+              "processes": len({pid for _, pid in seen})}
+    return counts | ({"tried_in": broker.client.scard(f"{KEY}:{kind}:tried")} if kind.startswith("patient") else {})
 
 
 def burst(limit: int = 5, ms: int = 200) -> dict[str, int]:

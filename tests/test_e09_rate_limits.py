@@ -124,9 +124,9 @@ def test_the_mutex_holds_across_two_worker_processes(two_processes, sender):
     assert free["peak"] >= 3 and free["processes"] == 2, free
     # when the same number take the mutex, in Redis
     assert run_sender(sender, "send", "patient", "8", "--hold", "100", url=url).returncode == 0
-    # then one works at a time, in both processes
+    # then one works at a time, while both processes try (one may win every turn: it did, once in a loaded run)
     patient = report_when(sender, url, "patient1", 8)
-    assert patient["peak"] == 1 and patient["overlaps"] == 0 and patient["processes"] == 2, patient
+    assert patient["peak"] == 1 and patient["overlaps"] == 0 and patient["tried_in"] == 2, patient
 
 
 @pytest.mark.e2e
