@@ -24,7 +24,7 @@ MUTATIONS = [
     dict(name="dashboard-listens-everywhere", lesson="It listens on 127.0.0.1 unless told",
          edits=[("lab:lab/dashboard.py", 'LOOPBACK = "127.0.0.1"', 'LOOPBACK = "0.0.0.0"')],
          why="the default address is every interface, as Dramatiq's Prometheus exporter's is"),
-    dict(name="dashboard-port-in-use-is-a-traceback", lesson="A port in use is one line and exit 4",
+    dict(name="dashboard-port-in-use-is-a-traceback", lesson="A port in use is one line and exit 4. A port out of range",
          edits=[("lab:lab/dashboard.py", "raise Failure(line, EXIT_CANNOT_LISTEN) from None", "raise")],
          why="the OSError of a port in use escapes as a traceback, exit 1"),
     dict(name="dashboard-page-never-refreshes", lesson="In a real browser, the page follows the queues",
