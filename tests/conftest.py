@@ -20,12 +20,14 @@ by the fixtures' teardown, which runs on Ctrl-C too, and whatever a crash or a
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import importlib
 import json
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from pathlib import Path
@@ -82,6 +84,21 @@ def pytest_configure(config: pytest.Config) -> None:
     # in whichever xdist worker): the workers it starts inherit the share's directory from its environment.
     if not hasattr(config, "workerinput"):
         config.lab_rabbitmq_share = open_share()
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    # The run's RabbitMQ takes 7 to 9 s of a core to start: start it now, in the background, if a collected test
+    # will need it, rather than when the first one asks. (Each xdist worker collects everything and asks; the
+    # share's lock lets one start it. A failure is the fixture's to report, to the test that asks.)
+    if any("rabbitmq_server" in getattr(item, "fixturenames", ()) for item in session.items):
+        with contextlib.suppress(FileNotFoundError):
+            RabbitServer.executable_path()
+            threading.Thread(target=_start_shared_rabbit, name="lab-rabbitmq-warm-up", daemon=True).start()
+
+
+def _start_shared_rabbit() -> None:
+    with contextlib.suppress(Exception):
+        shared_rabbit()
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
