@@ -97,18 +97,24 @@ def tally(kind: str) -> dict[str, int]:
 
 
 def burst(limit: int = 5, ms: int = 200) -> dict[str, int]:
-    """What a 1 s bucket and 1 and 2 s windows of ``limit`` let through of acquires tried for ``ms`` from x.9 s."""
-    key = f"{KEY}:burst:{time.time()}"
-    limiters = {"bucket=1000": BucketRateLimiter(backend, f"{key}:b", limit=limit, bucket=1000),
-                "window=1": WindowRateLimiter(backend, f"{key}:w1", limit=limit, window=1),
-                "window=2": WindowRateLimiter(backend, f"{key}:w2", limit=limit, window=2)}
-    acquired = dict.fromkeys(limiters, 0)
-    time.sleep((0.9 - time.time() % 1) % 1)
-    ends = time.monotonic() + ms / 1000
-    while time.monotonic() < ends:
-        for name, limiter in limiters.items():
-            with limiter.acquire(raise_on_failure=False) as ok:
-                acquired[name] += ok
+    """What a 1 s bucket and 1 and 2 s windows of ``limit`` let through of acquires tried for ``ms`` from x.9 s
+    (again at the next x.9 s, 3 tries at most, if it took fewer than ``limit`` before the edge: a loaded machine)."""
+    for _ in range(3):
+        key = f"{KEY}:burst:{time.time()}"
+        limiters = {"bucket=1000": BucketRateLimiter(backend, f"{key}:b", limit=limit, bucket=1000),
+                    "window=1": WindowRateLimiter(backend, f"{key}:w1", limit=limit, window=1),
+                    "window=2": WindowRateLimiter(backend, f"{key}:w2", limit=limit, window=2)}
+        acquired, before_edge = dict.fromkeys(limiters, 0), {}
+        time.sleep((0.9 - time.time() % 1) % 1)
+        second, ends = int(time.time()), time.monotonic() + ms / 1000
+        while time.monotonic() < ends:
+            for name, limiter in limiters.items():
+                with limiter.acquire(raise_on_failure=False) as ok:
+                    acquired[name] += ok
+            if int(time.time()) == second:
+                before_edge = dict(acquired)
+        if before_edge.get("bucket=1000", 0) >= limit:
+            break
     return acquired
 
 
