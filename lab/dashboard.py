@@ -237,21 +237,24 @@ def dashboard(url: str, port: int, host: str, interval: float, newest: int) -> N
     """
     broker = open_broker(url)  # unreachable, refused, memory://: the lab's one line and exit code
     try:
-        server = listen((RabbitSource if is_rabbitmq(broker) else RedisSource)(broker, newest), host, port, interval)
-        if not server.loopback:
-            click.echo(f"warning: listening on {host}, not loopback: whoever reaches port {server.server_address[1]} "
-                       "can see your queues and messages' arguments, and requeue and purge.", err=True)
-        thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
-        thread.start()
-        try:
-            with until_stopped() as wait:
+        # Ctrl-C stops it cleanly from the moment its port answers (the socket listens before it serves)
+        with until_stopped() as wait:
+            server = listen((RabbitSource if is_rabbitmq(broker) else RedisSource)(broker, newest), host, port,
+                            interval)
+            if not server.loopback:
+                click.echo(f"warning: listening on {host}, not loopback: whoever reaches port "
+                           f"{server.server_address[1]} can see your queues and messages' arguments, and requeue "
+                           "and purge.", err=True)
+            thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
+            thread.start()
+            try:
                 click.echo(f"Dashboard of {mask_url(url)} on {server.url} (Ctrl-C stops it)")
                 sys.stdout.flush()
                 wait()
-        finally:
-            server.shutdown()
-            thread.join()
-            server.server_close()
+            finally:
+                server.shutdown()
+                thread.join()
+                server.server_close()
         click.echo("Stopped.")
     finally:
         broker.close()

@@ -221,12 +221,12 @@ def serve(port: int) -> None:
     process's memory and is gone when it stops. Dramatiq's Lua scripts are
     loaded before it serves. Error replies are printed on stderr.
     """
-    try:
-        server = EmbeddedRedis(port, on_error_reply=lambda line: click.echo(line, err=True))
-    except OSError as exc:
-        raise Failure(_why_not_listening(port, exc), EXIT_CANNOT_LISTEN) from None
-
-    with until_stopped() as wait, server:
-        click.echo(ready_line(server))
-        wait()
+    with until_stopped() as wait:  # from before its port answers: a Ctrl-C from then on is a clean stop
+        try:
+            server = EmbeddedRedis(port, on_error_reply=lambda line: click.echo(line, err=True))
+        except OSError as exc:
+            raise Failure(_why_not_listening(port, exc), EXIT_CANNOT_LISTEN) from None
+        with server:
+            click.echo(ready_line(server))
+            wait()
     click.echo(f"Stopped; the data it held is gone ({len(server.error_replies)} error replies sent).")
