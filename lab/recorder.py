@@ -42,6 +42,7 @@ class Enqueue:
     queue: str
     delay_ms: int | None
     at: float  # seconds since the recorder started
+    eta_ms: int | None = None  # a delayed message's due time, epoch milliseconds: compare an Attempt's started_ms
 
 
 def wait_until(condition: Callable[[], Any], *, timeout: float, interval: float = 0.02) -> bool:
@@ -99,7 +100,7 @@ class Recorder(Middleware):
         with self.lock:
             self.enqueues.append(
                 Enqueue(message.actor_name, tuple(message.args), message.message_id,
-                        message.queue_name, delay, self.now())
+                        message.queue_name, delay, self.now(), message.options.get("eta"))
             )
 
     def before_process_message(self, broker, message) -> None:
