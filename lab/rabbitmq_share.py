@@ -31,7 +31,7 @@ import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .processes import OWNERS_ENV, ROOT, backstop, carrying
+from .processes import OWNERS_ENV, ROOT, RabbitServer, backstop, carrying
 from .rabbitmq import management, quote_vhost
 from .recorder import wait_until
 
@@ -53,7 +53,7 @@ class SharedRabbit:
 
     def url_for(self, vhost: str) -> str:
         """Its ``amqp://`` URL for ``vhost``, as guest."""
-        return f"amqp://guest:guest@127.0.0.1:{self.port}/{quote_vhost(vhost)}"
+        return RabbitServer.url_of(self.port, vhost)
 
     @property
     def management_url(self) -> str:

@@ -29,10 +29,8 @@ from lab.rabbit_status import amqp_counts
 from lab.urls import BROKER_URL_ENV, URL_ENV
 
 import dramatiq
-import pika
 import pytest
 from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_EXECUTED
-from dramatiq import Message
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
 from dramatiq.middleware import GroupCallbacks
 
@@ -64,14 +62,7 @@ class Lab:
 
     def dead_ids(self, queue: str) -> list[str]:
         """The message ids in ``queue``'s dead letters (``<queue>.XQ``): taken, read, and given back."""
-        connection = pika.BlockingConnection(self.broker.parameters)
-        try:
-            channel, ids = connection.channel(), []
-            while (got := channel.basic_get(f"{queue}.XQ"))[0] is not None:
-                ids.append(Message.decode(got[2]).message_id)
-            return ids  # unacked: closing the connection puts them back
-        finally:
-            connection.close()
+        return [letter.message.message_id for letter in lab.dead_letters(self.broker, queue)]
 
     def outcomes(self, actor: str) -> list[str]:
         return [a.outcome for a in self.recorder.attempts_of(actor)]
