@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 import signal
@@ -45,6 +46,18 @@ def test_list_reads_every_experiment_from_its_module():
     assert len(files) >= 4 and [e.name for e in experiments.all_experiments()] == files
     for exp in experiments.all_experiments():
         assert exp.number in result.output and exp.short_title in result.output
+
+
+def test_list_reads_each_title_and_goal_from_the_docstring_python_sees(tmp_path):
+    # Given every experiment, and modules whose first token is not a plain docstring
+    for path in experiments.ROOT.glob("e[0-9][0-9]_*.py"):
+        # Then the quick reader (first tokens only) gives what a full parse gives
+        assert experiments._docstring(path) == ast.get_docstring(ast.parse(path.read_text())), path
+    odd = {"comment_first.py": '#!/usr/bin/env python\n# why\n"""  Title.\n\n    Goal: g.\n"""\nx = 1\n',
+           "code_first.py": 'x = 1\n"""not a docstring"""\n', "fstring.py": 'f"""{1}"""\n', "empty.py": ""}
+    for name, text in odd.items():
+        (tmp_path / name).write_text(text)
+        assert experiments._docstring(tmp_path / name) == ast.get_docstring(ast.parse(text)), name
 
 
 def test_every_experiment_has_a_scenario_and_a_test_file():

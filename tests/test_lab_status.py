@@ -241,14 +241,15 @@ def test_purge_with_dead_letters_removes_them_too(state, server_url):
 
 
 def test_purge_says_when_a_worker_already_holds_a_delayed_message_which_still_runs(server_url):
-    # Given a worker that has taken a delayed message (due in 500 ms) into memory
+    # Given a worker that has taken a delayed message (due in 2 s: purge, which imports every experiment,
+    # took over 500 ms on a loaded machine, and the message had run and gone) into memory
     broker = lab.make_broker(server_url)
     recorder = lab.Recorder.install(broker)
     job = dramatiq.actor(lambda: None, actor_name="job", queue_name=QUEUE, broker=broker)
     worker = dramatiq.Worker(broker, worker_threads=1, worker_timeout=50)
     worker.start()
     try:
-        job.send_with_options(delay=500)
+        job.send_with_options(delay=2000)
         assert lab.wait_until(lambda: broker.client.llen(f"dramatiq:{QUEUE}.DQ") == 0, timeout=5)
         # when the queue is purged
         result = lab_cli("purge", QUEUE, "--redis", server_url, "--yes")
@@ -256,7 +257,7 @@ def test_purge_says_when_a_worker_already_holds_a_delayed_message_which_still_ru
         assert result.exit_code == 0, result.output
         assert result.output.startswith(f"Removed 1 message(s) from {QUEUE}: 0 ready, 1 delayed. 1 of the "
                                         "delayed were already held in memory by a worker, which will still run")
-        assert lab.wait_until(lambda: [a.outcome for a in recorder.attempts] == ["ok"], timeout=5)
+        assert lab.wait_until(lambda: [a.outcome for a in recorder.attempts] == ["ok"], timeout=10)
     finally:
         lab.stop_worker(worker)
         broker.close()
