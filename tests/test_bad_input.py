@@ -598,7 +598,8 @@ WAITING = [
     ("e07 scheduler", ["e07_scheduling.py", "scheduler", "--every", "1"], "out ^scheduler pid", 130),
     ("e10", ["e10_throughput.py", "--quick"], "worker", 130),
     ("e12 whoami", ["e12_async_and_middleware.py", "whoami"], "out ^sent async_whoami", 130),
-    ("lab run", ["-m", "lab", "run", "e03", "--redis", "{url}"], "key lab-run-*", 130),
+    # (all of them, 45 s: e03 alone, 5 s, had once ended when the slowest of these was ready)
+    ("lab run", ["-m", "lab", "run", "all", "--redis", "{url}"], "key lab-run-*", 130),
     ("lab purge", ["-m", "lab", "purge", "e01", "--redis", "{url}"], r"out \[y/N\]", 130),
     # (off a terminal the live view draws nothing until it ends; --json prints each refresh)
     ("lab status --watch", ["-m", "lab", "status", "--watch", "--json", "--redis", "{url}"], "out ^[{]", 0),
