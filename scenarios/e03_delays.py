@@ -27,24 +27,26 @@ def scenario(run: lab.Run) -> None:
               f"with no worker, 300 ms past its due time it has {'run' if moved else 'not run'}, and is "
               f"{'still' if client.llen(dq) == 1 else 'no longer'} in e03.DQ")
 
-    batches, fetched_ms, overtook = {}, [], 0
+    batches, fetched_ms, overtook = {}, {}, 0
     for wt in (1000, 100):
         run.start_worker(threads=1, worker_timeout=wt)  # one thread: were it blocked, nothing else would run
         batch = batches[wt] = e03.send_batch(20, 1000)
         sent_at = current_millis()
         now = [e03.wake_up.send(f"now {i}", current_millis()) for i in range(5)]
-        if run.wait_until(lambda: client.llen(dq) == 0, timeout=1):
-            fetched_ms.append(current_millis() - sent_at)
+        if run.wait_until(lambda: client.llen(dq) == 0, timeout=2):
+            fetched_ms[wt] = current_millis() - sent_at
         run.wait_until(lambda: len(e03.lateness_ms(run.recorder, batch + now)) == 25,  # noqa: B023
                        timeout=1 + 3 * wt / 1000 + 5)
         started = {a.message_id: a.started_ms for a in run.attempts("wake_up")}
         if wt == 100:  # at 1000 the idle consumer may sleep up to a second before it fetches them (under load:
             # 7 of 10 in a full test run); at 100 the lesson is the holding, not the polling
             overtook += sum(started.get(m.message_id, math.inf) < batch[-1].options["eta"] for m in now)
+    # Judged at worker_timeout=100: at 1000 the idle .DQ consumer may sleep up to a second before it looks
+    # (1116 ms once, under load), which is about polling, not holding.
     run.check("test_a_worker_takes_delayed_messages_into_memory_long_before_they_are_due",
-              len(fetched_ms) == 2 and max(fetched_ms) < 1000,
-              f"e03.DQ was empty {' and '.join(map(str, fetched_ms))} ms after sending 20 messages "
-              "due over the next 1000 ms")
+              fetched_ms.get(100, 1000) < 1000,
+              f"e03.DQ was empty {fetched_ms.get(1000, 'over 2000')} ms (worker_timeout=1000) and "
+              f"{fetched_ms.get(100, 'over 2000')} ms (100) after sending 20 messages due over the next 1000 ms")
     run.check("test_one_worker_thread_runs_other_messages_while_it_holds_a_delayed_one",
               overtook == 5,
               f"{overtook} of 5 undelayed messages ran on the one thread (worker_timeout=100) before the last held "
