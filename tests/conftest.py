@@ -84,6 +84,39 @@ def pytest_configure(config: pytest.Config) -> None:
     # in whichever xdist worker): the workers it starts inherit the share's directory from its environment.
     if not hasattr(config, "workerinput"):
         config.lab_rabbitmq_share = open_share()
+        if config.getoption("numprocesses", None):
+            warm_bytecode(config)
+
+
+def warm_bytecode(config: pytest.Config) -> None:
+    """Compile, once and before the xdist workers start, what each of them would otherwise compile at once.
+
+    On a fresh clone every worker rewrote every test module's asserts (pytest's own bytecode cache) and compiled
+    the lab, all five together: collection took 3.4 s of CPU in each where 1.7 s is usual, and the whole run
+    about 7 s longer (91.9 against 84.8 s, measured once each in one clone). Here it costs 1.7 s once; with
+    the caches written, a few milliseconds. It uses pytest's rewriting itself (private, but what the workers
+    run), so the cache it writes is the one they read; should that ever change, the workers simply compile.
+    """
+    if sys.dont_write_bytecode:  # PYTHONDONTWRITEBYTECODE: nothing may be written (README.rst says to unset it)
+        return
+    import compileall
+
+    compileall.compile_dir(ROOT, maxlevels=0, quiet=2)  # the experiments
+    for package in ("lab", "scenarios", "benchmarks", "e14_web_app_site"):
+        compileall.compile_dir(ROOT / package, quiet=2)
+    try:
+        from _pytest.assertion import rewrite
+
+        state = config.stash[rewrite.assertstate_key]
+        (ROOT / "tests" / "__pycache__").mkdir(exist_ok=True)
+        for test in sorted((ROOT / "tests").glob("*.py")):
+            if test.name == "conftest.py" or test.name.startswith("test_"):  # what pytest rewrites here
+                pyc = ROOT / "tests" / "__pycache__" / (test.name[:-3] + rewrite.PYC_TAIL)
+                if rewrite._read_pyc(test, pyc) is None:
+                    source_hash, code = rewrite._rewrite_test(test, config)
+                    rewrite._write_pyc(state, code, source_hash, pyc)
+    except (ImportError, AttributeError, KeyError, TypeError, OSError):
+        pass  # another pytest: the workers rewrite for themselves, as they would without this
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
