@@ -256,6 +256,8 @@ def test_a_timed_out_message_is_retried_and_uses_up_max_retries(load, broker, re
     assert [(a.number, a.outcome) for a in attempts] == [(1, "retried"), (2, "retried"), (3, "failed")]
     assert {a.error for a in attempts} == {"TimeLimitExceeded: "}
     assert len([e for e in recorder.enqueues_of("spin") if e.delay_ms is not None]) == 2  # the backoffs
+    # (the worker dead-letters it just after the recorder saw the last attempt fail: waited for, under load)
+    assert lab.wait_until(lambda: lab.dead_letters(broker, "e08"), timeout=5)
     assert [d.message.message_id for d in lab.dead_letters(broker, "e08")] == [message.message_id]
     # and each attempt was logged: the limit at WARNING, the failure at ERROR with its traceback, then what
     # Retries did, at INFO for a retry and at WARNING for the last
