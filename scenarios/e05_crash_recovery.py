@@ -463,6 +463,9 @@ def poison(url: str, namespace: str, max_deliveries: int = 2) -> Poison:
         letters = [d.message for d in lab.dead_letters(bench.broker, e05.QUEUE)]
         if [m.message_id for m in letters] == [message.message_id]:
             seen.retries = letters[0].options.get("retries", 0)
+        # its warning travels through the dramatiq master's log pipe: it may reach the log a moment after the
+        # dead letter reached Redis (an empty line once, under load)
+        lab.wait_until(lambda: "DeliveryLimit" in worker.output, timeout=5)  # noqa: B023
         seen.guard_line = next((line.split("] ", 4)[-1] for line in worker.output.splitlines()
                                 if "DeliveryLimit" in line), "")
         seen.last_worker_alive = worker.process.poll() is None
