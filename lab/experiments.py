@@ -13,6 +13,7 @@ import re
 import sys
 import tokenize
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from types import ModuleType
 
@@ -38,7 +39,7 @@ class Experiment:
     def has_scenario(self) -> bool:
         return (ROOT / "scenarios" / f"{self.name}.py").exists()
 
-    @property
+    @cached_property  # `run` asks twice or more for one experiment; the file is read once
     def redis_only(self) -> str | None:
         """Why its scenario plays on Redis only (its ``REDIS_ONLY``), read without importing it; None if not."""
         tree = ast.parse((ROOT / "scenarios" / f"{self.name}.py").read_text(encoding="utf-8"))

@@ -267,6 +267,12 @@ class Bench(lab.Run):
         stored = self.broker.client.hmget(lab.key(self.broker, f"{e05.QUEUE}.msgs"), *redis_ids) if redis_ids else []
         return {Message.decode(data).message_id for data in stored if data}
 
+    def running(self, pid: int) -> int:
+        """How many deposits the worker process ``pid`` has started and not acked (after a kill too)."""
+        broker_id = self.broker_id_of(pid)
+        started = {mid for mid, p, _ in self.starts() if p == pid}
+        return len(started & self.held_ids(broker_id)) if broker_id else 0
+
     def ready(self) -> int:
         return self.broker.client.llen(lab.key(self.broker, e05.QUEUE))
 
@@ -306,13 +312,6 @@ class Kill:
     beat_age_s: float = 0.0  # how old the dead worker's last heartbeat was at the kill
 
 
-def running_now(bench: Bench, pid: int) -> int:
-    """How many deposits the worker process ``pid`` has started and not acked."""
-    broker_id = bench.broker_id_of(pid)
-    started = {mid for mid, p, _ in bench.starts() if p == pid}
-    return len(started & bench.held_ids(broker_id)) if broker_id else 0
-
-
 @dataclass
 class Kills:
     status: dict = field(default_factory=dict)  # what `python -m lab status` reads, right before the first kill
@@ -348,8 +347,7 @@ def kills(url: str, namespace: str) -> Kills:
             broker_id, killed_at, killed_ms = bench.broker_id_of(victim), time.monotonic(), int(time.time() * 1000)
             kill()
             age = beat_age(bench, broker_id, killed_ms)
-            started = {mid for mid, pid, _ in bench.starts() if pid == victim}
-            running = len(started & bench.held_ids(broker_id))
+            running = bench.running(victim)
             held = bench.held(broker_id)
             if number == 0:  # watched meanwhile: the master's exit, and what its other child held then
                 master = watcher.submit(lambda since=killed_at: (pool.wait(15), time.monotonic() - since,
@@ -360,7 +358,7 @@ def kills(url: str, namespace: str) -> Kills:
             # killed once it has started 4 deposits and runs one now (a starved worker had once finished its 4
             # and run none at the kill)
             must(lab.wait_until(lambda: sum(pid == victim for _, pid, _ in bench.starts()) >= 4  # noqa: B023
-                                and running_now(bench, victim) >= 1, timeout=10),  # noqa: B023
+                                and bench.running(victim) >= 1, timeout=10),  # noqa: B023
                  "the new worker did not start 4 deposits and run one")
         must(lab.wait_until(lambda: set(sent) <= bench.finished(), timeout=20), "some deposits never finished")
         seen.counts = e05.counts(bench.broker)

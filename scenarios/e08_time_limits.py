@@ -81,8 +81,7 @@ def scenario(run: lab.Run) -> None:
     after_check = [(a.ended - min((c for c in checks if c >= a.started + LIMIT_MS / 1000), default=math.inf)) * 1000
                    for a in loops]
     run.check("test_a_python_loop_is_stopped_within_one_check_of_its_limit",
-              loops and all(LIMIT_MS <= ms(a) for a in loops) and all(0 <= late < 1000 for late in after_check)
-              and all(a.ended is not None and a.ended - a.started < 9 for a in loops),
+              loops and all(LIMIT_MS <= ms(a) < 9000 for a in loops) and all(0 <= late < 1000 for late in after_check),
               f"limit {LIMIT_MS} ms, checked each 1 s: a 10 s loop ran "
               f"{', '.join(f'{ms(a):.0f}' for a in loops)} ms, stopped "
               f"{', '.join(f'{late:.0f}' for late in after_check)} ms after the next check")

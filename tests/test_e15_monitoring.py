@@ -11,7 +11,6 @@ import importlib
 import importlib.metadata
 import json
 import logging
-import os
 import uuid
 from dataclasses import asdict
 from types import ModuleType, SimpleNamespace
@@ -208,15 +207,11 @@ def on_rabbitmq(scene, once, rabbitmq_server, redis_server) -> SimpleNamespace:
     def play() -> dict:
         vhost = f"e15-mix-{uuid.uuid4().hex[:6]}"
         url = new_vhost(rabbitmq_server, vhost)
-        beside = os.environ.get(URL_ENV)
-        os.environ[URL_ENV] = redis_server  # the Redis beside: this process's broker and the worker's read it
         try:
-            return asdict(scene.mix(url, f"e15-tests-{vhost}"))
+            with pytest.MonkeyPatch.context() as env:
+                env.setenv(URL_ENV, redis_server)  # the Redis beside: this process's broker and the worker's read it
+                return asdict(scene.mix(url, f"e15-tests-{vhost}"))
         finally:
-            if beside is None:
-                del os.environ[URL_ENV]
-            else:
-                os.environ[URL_ENV] = beside
             delete_vhost(rabbitmq_server, vhost)
 
     return SimpleNamespace(**once("e15-rabbitmq-mix", play))
