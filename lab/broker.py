@@ -25,6 +25,7 @@ from dramatiq.results import Results
 from dramatiq.results.backends import RedisBackend as RedisResultBackend
 
 from .failures import Failure, explain
+from .settings import error_stream
 from .urls import DEFAULT_NAMESPACE, MEMORY_URL, NAMESPACE_ENV, BadUrl, broker_url, check_url, is_amqp, redact, use_url
 
 _broker: dramatiq.Broker | None = None
@@ -86,7 +87,7 @@ class RedisReachable(Middleware):
         try:
             check_redis(broker)
         except Failure as failure:
-            logging.getLogger("lab").error(redact(failure.line, broker.lab_url))
+            log_boot_error(redact(failure.line, broker.lab_url))
             raise SystemExit(failure.exit_code) from None
 
     def before_worker_boot(self, broker: RedisBroker, worker: dramatiq.Worker) -> None:
@@ -94,6 +95,16 @@ class RedisReachable(Middleware):
             check_redis(broker)
         except Failure as failure:
             raise RedisUnreachable(failure.line, failure.exit_code) from None
+
+
+def log_boot_error(line: str) -> None:
+    """Log ``line`` at ERROR as the ``lab`` logger, formatted as the worker's other lines,
+    straight to :func:`~lab.settings.error_stream`: the master's log pipe can lose it."""
+    record = logging.getLogger("lab").makeRecord("lab", logging.ERROR, __file__, 0, line, None, None)
+    formatters = [handler.formatter for handler in logging.getLogger().handlers if handler.formatter]
+    handler = logging.StreamHandler(error_stream())
+    handler.setFormatter(formatters[0] if formatters else None)  # none with --skip-logging: the line alone
+    handler.handle(record)
 
 
 def make_broker(url: str, *, namespace: str = DEFAULT_NAMESPACE, **options: object) -> dramatiq.Broker:
@@ -162,6 +173,6 @@ def setup_broker() -> dramatiq.Broker:
         broker = make_broker(url, namespace=os.environ.get(NAMESPACE_ENV) or DEFAULT_NAMESPACE)
     except BadUrl as exc:
         failure = explain(exc, url)
-        print(f"{os.path.basename(sys.argv[0])}: {failure.line}", file=sys.stderr)
+        print(f"{os.path.basename(sys.argv[0])}: {failure.line}", file=error_stream())
         sys.exit(failure.exit_code)
     return use_broker(broker)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import re
 import sys
+from typing import TextIO
 
 EXIT_USAGE = 2  # as lab.failures.EXIT_USAGE, which imports more than this module may
 
@@ -54,6 +55,23 @@ def program() -> str:
     return os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "python"
 
 
+def error_stream() -> TextIO:
+    """Where a one-line error goes: ``sys.stderr``, except in a worker process of the ``dramatiq`` CLI.
+
+    There ``sys.stderr`` is a pipe to the master process (dramatiq.compat.StreamablePipe), read by
+    its log watcher thread, and Dramatiq 2.2.1 stops that thread as soon as a worker process has
+    exited, without reading what is left in the pipes (dramatiq/cli.py: main() sets the watcher's
+    stop event, watch_logs() checks it first). A worker process that fails at boot exits at once,
+    sometimes before the thread has read anything: its line was lost, and the master's too. The
+    line goes to the stderr the worker process inherited from the master instead, where the master
+    writes its pipes' lines anyway.
+    """
+    pipe = type(sys.stderr)
+    if (pipe.__module__, pipe.__name__) == ("dramatiq.compat", "StreamablePipe") and sys.__stderr__ is not None:
+        return sys.__stderr__
+    return sys.stderr
+
+
 def parse_whole_number(value: str, low: int, high: int) -> int | None:
     """``value`` as a whole number from ``low`` to ``high``, written in the digits 0 to 9; None if it is not one.
 
@@ -79,7 +97,7 @@ def _shown(value: str) -> str:
 def refuse(variable: str, value: str, low: int, high: int, note: str = "") -> None:
     """Print the one line that says ``variable`` must be a whole number from ``low`` to ``high``; exit 2."""
     print(f"{program()}: {variable}={_shown(value)} must be a whole number from {low} to {high}{note}",
-          file=sys.stderr)
+          file=error_stream())
     sys.exit(EXIT_USAGE)
 
 

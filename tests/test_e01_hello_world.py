@@ -231,6 +231,45 @@ def test_worker_cli_exits_3_with_one_error_line_when_redis_is_unreachable(dramat
     assert "Traceback" not in worker.output and "hunter2" not in worker.output
 
 
+# The dramatiq CLI with its log watcher thread getting its first turn only after the master set its stop event:
+# what a loaded machine can do when a worker process fails at boot. The master starts the thread after its worker
+# processes said they booted, failed or not, and sets the event as soon as one of them has exited.
+LATE_LOG_WATCHER = """
+import sys
+import dramatiq.cli as cli
+watch_logs = cli.watch_logs
+cli.watch_logs = lambda log_file, pipes, stop: (stop.wait(30), watch_logs(log_file, pipes, stop))[1]
+sys.argv[0] = "dramatiq"
+sys.exit(cli.main())
+"""
+
+
+@pytest.mark.e2e
+def test_a_worker_failing_at_boot_keeps_its_one_line_when_the_masters_log_watcher_starts_late():
+    # Given a master whose log watcher starts late, and three ways a worker process fails at boot
+    port = free_port()
+    redis_url, bad_url = f"redis://127.0.0.1:{port}/0", "redis://127.0.0.1:70000/0"
+    failing = {  # one from each place the lab writes its line: (URL, environment, module, exit code, the line)
+        "unreachable Redis": (redis_url, {}, "e01_hello_world", 3,
+                              f"[ERROR] cannot reach Redis at {redis_url}."),
+        "bad setting": (redis_url, {"e05_heartbeat_timeout": "x"}, "e05_crash_recovery", 2,
+                        "dramatiq: e05_heartbeat_timeout='x' must be a whole number from 100 to 86400000"),
+        "bad URL": (bad_url, {}, "e01_hello_world", 2, f"dramatiq: '{bad_url}' is not a valid Redis URL"),
+    }
+    # when each boots
+    started = {name: subprocess.Popen(
+        [sys.executable, "-c", LATE_LOG_WATCHER, "--processes", "1", module], cwd=ROOT, env=lab_env(url, **env),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for name, (url, env, module, _, _) in failing.items()}
+    for name, process in started.items():
+        output, _ = process.communicate(timeout=30)
+        *_, code, line = failing[name]
+        # then the master stopped its watcher before it read a line: Dramatiq's own lines are lost
+        # (Dramatiq 2.2.1, dramatiq/cli.py), yet the lab's line is there, once, and the exit code
+        assert "is booting up" not in output and "exited unexpectedly" not in output, f"{name}: {output}"
+        assert (process.returncode, output.count(line)) == (code, 1), f"{name}: {output}"
+
+
 def test_something_that_is_not_redis_at_the_url_is_one_line_and_exit_3(sender):
     # An HTTP server where Redis should be: redis-py raises InvalidResponse, not ConnectionError.
     with socketserver.TCPServer(("127.0.0.1", 0), NotRedis) as http:

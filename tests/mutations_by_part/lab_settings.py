@@ -37,4 +37,17 @@ MUTATIONS = [
                 "if value and parse_whole_number(value, low, high) is None:")],
         why="an empty dramatiq_* value passes the lab's check, and Dramatiq dies on int('')",
     ),
+    dict(
+        name="boot-error-through-the-pipe",
+        lesson="Dramatiq's CLI can lose every line of a worker that fails at boot",
+        edits=[("lab:lab/settings.py", "        return sys.__stderr__\n", "        return sys.stderr\n")],
+        why="the lab's one line goes through the master's log pipe again: a worker failing at boot can lose it",
+    ),
+    dict(
+        name="boot-error-dramatiq-drains-its-pipes",
+        lesson="Dramatiq's CLI can lose every line of a worker that fails at boot",
+        edits=[("dramatiq:cli.py", "        while pipes and not stop.is_set():\n",
+                "        while pipes and not (stop.is_set() and not multiprocessing.connection.wait(pipes, timeout=0)):\n")],
+        why="an upstream fix: the log watcher reads what is left in the pipes before it stops, and nothing is lost",
+    ),
 ]
