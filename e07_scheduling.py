@@ -129,8 +129,8 @@ def run_scheduler(crontab: str, every: int | None, tz: str, actor: str, ms: int)
     try:
         scheduler.start()  # runs until stopped; each fire time runs enqueue() in a thread of its pool
     finally:
-        if scheduler.running:
-            scheduler.shutdown(wait=False)
+        if scheduler.running:  # wait for a send in flight, so its "sent" line comes before "stopped"
+            scheduler.shutdown(wait=True)
         click.echo("scheduler stopped")
 
 
