@@ -51,17 +51,23 @@ def scenario(run: lab.Run) -> None:
     later = run.attempts("postponed")
     [retry] = [e for e in run.enqueues("postponed") if e.delay_ms] or [None]
     early_ms = retry.eta_ms - later[1].started_ms if retry and len(later) == 2 else None
+    after_due = "?" if early_ms is None else f"{-early_ms:.0f}"
     run.check("test_retry_exception_reschedules_after_at_least_its_delay",
               retry is not None and retry.delay_ms == 300 and early_ms is not None and early_ms <= 0,
               f"Retry(delay=300): re-enqueued with delay={retry and retry.delay_ms} ms; the retry started "
-              f"{-early_ms if early_ms is not None else '?':.0f} ms after its due time ({len(later)} attempts)")
+              f"{after_due} ms after its due time ({len(later)} attempts)")
 
-    ids = {m.message_id for m in during_backoff}
     retried = [a for a in run.attempts("unhandled") if a.message_id == waiting.message_id]
-    delayed = [e.delay_ms for e in run.enqueues("unhandled") if e.message_id == waiting.message_id and e.delay_ms]
+    delays = [e for e in run.enqueues("unhandled") if e.message_id == waiting.message_id and e.delay_ms]
+    delayed = [e.delay_ms for e in delays]
+    # The others sent before the retry was due (under load the second send can come later): each is on e02 before
+    # the retry comes back to it, so a thread that does not sleep through the backoff runs them first
+    due = delays[0].at + delays[0].delay_ms / 1000 if delays else float("inf")
+    ids = {e.message_id for e in run.enqueues("handled") if e.message_id in {m.message_id for m in during_backoff}
+           and e.at < due}
     first_retry = retried[1].started if len(retried) > 1 else float("inf")
     between = [a for a in run.attempts("handled") if a.message_id in ids and a.started < first_retry]
     run.check("test_a_retry_is_re_enqueued_so_the_thread_runs_other_work_meanwhile",
-              len(between) == len(ids) and len(delayed) == 1,
-              f"{len(between)} of {len(ids)} other messages ran on the one thread during a {delayed[:1]} ms backoff, "
-              "its retry re-enqueued with that delay")
+              len(between) == len(ids) >= 1 and len(delayed) == 1,
+              f"{len(between)} of the {len(ids)} other messages sent during a {delayed[:1]} ms backoff ran on the one "
+              "thread before its retry, re-enqueued with that delay")
