@@ -216,6 +216,28 @@ def test_without_store_results_get_result_raises_result_missing(e04, worker, bro
                                    "`store_results' option to `True' so the value has been discarded.")]
 
 
+def test_a_failed_messages_result_is_stored_after_the_nack_so_join_can_return_before_it(e04, broker, monkeypatch,
+                                                                                     start_worker):
+    # Given Results' after_nack held back until the test lets it go, as a busy machine can hold it
+    [results] = [m for m in broker.middleware if isinstance(m, Results)]
+    let_go, store = threading.Event(), results.after_nack
+    monkeypatch.setattr(results, "after_nack", lambda *args: (let_go.wait(WAIT_MS / 1000), store(*args))[-1])
+    start_worker(threads=1)
+    try:
+        # when a message fails for good
+        failing = e04.square.send_with_options(args=(3,), **FAIL)
+        # then join returns once the nack moved it to the dead letters, and its result is still missing
+        settle(broker)
+        assert [d.message.message_id for d in lab.dead_letters(broker, QUEUE)] == [failing.message_id]
+        with pytest.raises(ResultMissing):
+            failing.get_result()
+    finally:
+        let_go.set()
+    # and a blocking get_result waits for after_nack to store the ResultFailure
+    with pytest.raises(ResultFailure):
+        failing.get_result(block=True, timeout=WAIT_MS)
+
+
 def test_a_failed_messages_result_raises_result_failure(e04, worker, recorder):
     # Given a message that fails for good at once, one retried once before it fails for good,
     # and one that fails for good without storing results
