@@ -556,11 +556,18 @@ class RabbitServer:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+        # A SIGKILL is sent, not done: the Erlang VM (a child of the script waited for above) can still hold its
+        # ports for a moment, and a restart on the same ports then fails (eaddrinuse: seen once under load)
+        wait_until(lambda: not self.pids(), timeout=10, interval=0.02)
         self.process = self.epmd = None
 
     def restart(self, sig: int = signal.SIGTERM) -> RabbitServer:
         """Stop and start again on the same ports, node name and data directory."""
         self.stop(sig)
+        # what the VM held can take a moment to let go of its ports: start once they can be bound (bounded;
+        # a port another process took stays taken, and start() says so: PortTaken)
+        ports = (self.port, self.dist_port, self.epmd_port, *((self.management_port,) if self.management else ()))
+        wait_until(lambda: all(_bindable(port) for port in ports), timeout=10)
         return self.start()
 
     def close(self) -> None:
@@ -599,6 +606,17 @@ def _rabbitmq_password_hash(password: str) -> str:
     """RabbitMQ's SHA-256 password hash: base64 of a 4-byte salt and sha256(salt + password)."""
     salt = secrets.token_bytes(4)
     return base64.b64encode(salt + hashlib.sha256(salt + password.encode()).digest()).decode()
+
+
+def _bindable(port: int) -> bool:
+    """Whether a server could listen on ``port`` of 127.0.0.1 now (as a server would: SO_REUSEADDR)."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
 
 
 def _listening(port: int) -> bool:
