@@ -161,11 +161,35 @@ def carrying(variable: str, word: str) -> list[int]:
     return pids
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    """A TCP port on 127.0.0.1 that nothing listens on right now, below the kernel's ephemeral ports.
+
+    The kernel hands ports of its ephemeral range (``ip_local_port_range``, 32768 to 60999 here) to
+    outgoing connections and to ``bind(("127.0.0.1", 0))``, and never one below it. A server stopped
+    and started again on its port (a restart lesson) finds a port below the range still free: in the
+    range, a busy run's connections took a private RabbitMQ's port during its restart twice (PortTaken).
+    Where the range leaves no room below it, any free port.
+    """
+    low = _ephemeral_low()
+    for _ in range(50 if low > 11_000 else 0):
+        port = 10_000 + secrets.randbelow(low - 10_000)
+        if port not in _HANDED_OUT and _bindable(port):  # never the same twice in a process: a server's 4 ports
+            _HANDED_OUT.add(port)
+            return port
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def _ephemeral_low() -> int:
+    """The lowest of the kernel's ephemeral ports; 0 where it cannot be read."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 def lab_env(url: str, **extra: str) -> dict[str, str]:
