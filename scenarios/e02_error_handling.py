@@ -63,8 +63,8 @@ def scenario(run: lab.Run) -> None:
     # The others sent before the retry was due (under load the second send can come later): each is on e02 before
     # the retry comes back to it, so a thread that does not sleep through the backoff runs them first
     due = delays[0].at + delays[0].delay_ms / 1000 if delays else float("inf")
-    ids = {e.message_id for e in run.enqueues("handled") if e.message_id in {m.message_id for m in during_backoff}
-           and e.at < due}
+    sent_meanwhile = {m.message_id for m in during_backoff}
+    ids = {e.message_id for e in run.enqueues("handled") if e.message_id in sent_meanwhile and e.at < due}
     first_retry = retried[1].started if len(retried) > 1 else float("inf")
     between = [a for a in run.attempts("handled") if a.message_id in ids and a.started < first_retry]
     run.check("test_a_retry_is_re_enqueued_so_the_thread_runs_other_work_meanwhile",
